@@ -1,0 +1,218 @@
+"""HF safetensors <-> our stacked NNX decoder parameters.
+
+HF stores one tensor per layer in torch's [out, in] layout; we store [L, in, out] stacks. The map
+below is the single place that knows both namings (import and export share it)."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from pathlib import Path
+from typing import Callable, Iterable, Mapping
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from align_jax.models.config import DecoderConfig
+from align_jax.models.llama import Decoder
+
+# our stacked name -> HF per-layer suffix (after "model.layers.{i}.")
+LAYER_MAP = {
+    "attn_norm": "input_layernorm.weight",
+    "mlp_norm": "post_attention_layernorm.weight",
+    "wq": "self_attn.q_proj.weight", "bq": "self_attn.q_proj.bias",
+    "wk": "self_attn.k_proj.weight", "bk": "self_attn.k_proj.bias",
+    "wv": "self_attn.v_proj.weight", "bv": "self_attn.v_proj.bias",
+    "wo": "self_attn.o_proj.weight", "bo": "self_attn.o_proj.bias",
+    "w_gate": "mlp.gate_proj.weight", "b_gate": "mlp.gate_proj.bias",
+    "w_up": "mlp.up_proj.weight", "b_up": "mlp.up_proj.bias",
+    "w_down": "mlp.down_proj.weight", "b_down": "mlp.down_proj.bias",
+}
+TOP_MAP = {"embed": "model.embed_tokens.weight", "final_norm": "model.norm.weight",
+           "lm_head": "lm_head.weight"}
+
+
+def _is_matrix(name: str) -> bool:
+    return name.startswith("w") or name == "lm_head"
+
+
+def read_safetensors_dir(path: str | os.PathLike) -> dict[str, np.ndarray]:
+    """All tensors of a HF checkpoint dir (single file or sharded with an index), as numpy."""
+    from safetensors.numpy import load_file
+
+    path = Path(path)
+    index = path / "model.safetensors.index.json"
+    if index.exists():
+        files = sorted(set(json.loads(index.read_text())["weight_map"].values()))
+    elif (path / "model.safetensors").exists():
+        files = ["model.safetensors"]
+    else:
+        files = sorted(p.name for p in path.glob("*.safetensors"))
+    if not files:
+        raise FileNotFoundError(f"{path}: no model.safetensors or model.safetensors.index.json")
+    out: dict[str, np.ndarray] = {}
+    for f in files:
+        try:
+            out.update(_load_any_dtype(path / f, load_file))
+        except Exception as e:  # corrupt/truncated shard: say which file
+            raise ValueError(f"{path / f}: cannot read safetensors file: {e}") from e
+    return out
+
+
+def _load_any_dtype(file: Path, load_file) -> dict[str, np.ndarray]:
+    try:
+        return load_file(str(file))
+    except TypeError:
+        # numpy has no bfloat16: go through torch-free flax loader via ml_dtypes
+        from safetensors import safe_open
+
+        with safe_open(str(file), framework="flax") as f:
+            return {k: np.asarray(f.get_tensor(k)) for k in f.keys()}
+
+
+def hf_to_params(tensors: Mapping[str, np.ndarray], cfg: DecoderConfig) -> dict[str, np.ndarray]:
+    """HF tensor dict -> {our flat name: array} ("layers.wq", "embed", ...)."""
+    t = {re.sub(r"^(base_model\.model\.|transformer\.)", "", k): v for k, v in tensors.items()}
+    out: dict[str, np.ndarray] = {}
+
+    def get(key):
+        if key not in t:
+            raise KeyError(f"checkpoint is missing tensor {key!r}")
+        return np.asarray(t[key])
+
+    out["embed"] = get(TOP_MAP["embed"])
+    out["final_norm"] = get(TOP_MAP["final_norm"])
+    if not cfg.tie_word_embeddings:
+        out["lm_head"] = get(TOP_MAP["lm_head"]).T
+    present = {n for n in LAYER_MAP if f"model.layers.0.{LAYER_MAP[n]}" in t}
+    for name, suffix in LAYER_MAP.items():
+        if name not in present:
+            continue
+        stack = [get(f"model.layers.{i}.{suffix}") for i in range(cfg.num_layers)]
+        arr = np.stack(stack)
+        out["layers." + name] = np.swapaxes(arr, 1, 2) if _is_matrix(name) else arr
+    return out
+
+
+def params_to_hf(flat: Mapping[str, np.ndarray], cfg: DecoderConfig) -> dict[str, np.ndarray]:
+    """Inverse of :func:`hf_to_params` (LoRA must be merged first)."""
+    out = {}
+    for name, arr in flat.items():
+        arr = np.asarray(arr)
+        if name.startswith("layers."):
+            short = name.split(".", 1)[1]
+            if short.startswith("lora_"):
+                continue
+            for i in range(cfg.num_layers):
+                a = arr[i].T if _is_matrix(short) else arr[i]
+                out[f"model.layers.{i}.{LAYER_MAP[short]}"] = np.ascontiguousarray(a)
+        else:
+            out[TOP_MAP[name]] = np.ascontiguousarray(arr.T if name == "lm_head" else arr)
+    if cfg.tie_word_embeddings:
+        out.pop("lm_head.weight", None)
+    return out
+
+
+def flat_params(model: Decoder) -> dict[str, jax.Array]:
+    """{"embed": ..., "layers.wq": ...} of every Variable value in the model."""
+    state = nnx.state(model)
+    flat = {}
+    for path, v in nnx.to_flat_state(state):
+        flat[".".join(str(p) for p in path)] = v[...] if isinstance(v, nnx.Variable) else v
+    return flat
+
+
+def load_flat_into(model: Decoder, flat: Mapping[str, np.ndarray]) -> Decoder:
+    """Copy arrays into the model's Variables (cast to each Variable's dtype, shapes checked)."""
+    for path, var in nnx.to_flat_state(nnx.state(model)):
+        name = ".".join(str(p) for p in path)
+        if name not in flat:
+            if "lora_" in name:
+                continue  # fresh adapters on top of a base checkpoint
+            raise KeyError(f"checkpoint has no value for parameter {name!r}")
+        arr = np.asarray(flat[name])
+        cur = var[...]
+        if tuple(arr.shape) != tuple(cur.shape):
+            raise ValueError(f"parameter {name!r}: checkpoint shape {arr.shape} != model {cur.shape}")
+        var[...] = jnp.asarray(arr, dtype=cur.dtype)
+    return model
+
+
+def abstract_decoder(cfg: DecoderConfig) -> Decoder:
+    """A Decoder whose weights are zeros made cheaply (real values are loaded right after)."""
+    return nnx.eval_shape(lambda: Decoder(cfg, rngs=nnx.Rngs(0)))
+
+
+def build_decoder(cfg: DecoderConfig, flat: Mapping[str, np.ndarray]) -> Decoder:
+    model = Decoder(cfg, rngs=nnx.Rngs(0))
+    return load_flat_into(model, flat)
+
+
+def load_hf_dir(path: str | os.PathLike, **cfg_overrides) -> Decoder:
+    path = Path(path)
+    cfg_file = path / "config.json"
+    if not cfg_file.exists():
+        raise FileNotFoundError(f"{path}: no config.json (not a HF checkpoint dir)")
+    cfg = DecoderConfig.from_hf(json.loads(cfg_file.read_text()), **cfg_overrides)
+    tensors = read_safetensors_dir(path)
+    if cfg.tie_word_embeddings is False and "lm_head.weight" not in tensors:
+        cfg = cfg.replace(tie_word_embeddings=True)
+    return build_decoder(cfg, hf_to_params(tensors, cfg))
+
+
+def merged_flat_params(model: Decoder) -> dict[str, np.ndarray]:
+    """Flat params with LoRA folded in: W + A @ B * scale (what an exported model holds)."""
+    cfg = model.cfg
+    flat = {k: np.asarray(jax.device_get(v), dtype=np.float32) for k, v in flat_params(model).items()}
+    for name in list(flat):
+        m = re.fullmatch(r"layers\.lora_a_(\w+)", name)
+        if m:
+            target = m.group(1)
+            a, b = flat.pop(name), flat.pop(f"layers.lora_b_{target}")
+            flat[f"layers.{target}"] = flat[f"layers.{target}"] + np.einsum("lir,lro->lio", a, b) * cfg.lora_scale
+    return flat
+
+
+def save_hf_dir(model: Decoder, out_dir: str | os.PathLike, dtype: str = "float32",
+                max_shard_bytes: int = 2 << 30) -> Path:
+    """Write config.json + model.safetensors (sharded with an index past `max_shard_bytes`).
+    Files are written to a temp name and renamed, so a killed export never leaves a torn file."""
+    from safetensors.numpy import save_file
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    cfg = model.cfg.replace(lora_rank=0)
+    tensors = params_to_hf(merged_flat_params(model), cfg)
+    np_dtype = np.float32 if dtype == "float32" else np.float16
+    tensors = {k: v.astype(np_dtype) for k, v in tensors.items()}
+    hf_cfg = cfg.to_hf()
+    hf_cfg["torch_dtype"] = dtype
+    shards, cur, size = [], {}, 0
+    for k in sorted(tensors):
+        if cur and size + tensors[k].nbytes > max_shard_bytes:
+            shards.append(cur)
+            cur, size = {}, 0
+        cur[k] = tensors[k]
+        size += tensors[k].nbytes
+    shards.append(cur)
+    names = (["model.safetensors"] if len(shards) == 1 else
+             [f"model-{i + 1:05d}-of-{len(shards):05d}.safetensors" for i in range(len(shards))])
+    for name, shard in zip(names, shards):
+        tmp = out / (name + ".tmp")
+        save_file(shard, str(tmp), metadata={"format": "pt"})
+        os.replace(tmp, out / name)
+    if len(shards) > 1:
+        wm = {k: n for n, s in zip(names, shards) for k in s}
+        _atomic_write(out / "model.safetensors.index.json",
+                      json.dumps({"metadata": {}, "weight_map": wm}, indent=1))
+    _atomic_write(out / "config.json", json.dumps(hf_cfg, indent=1))
+    return out
+
+
+def _atomic_write(path: Path, text: str) -> None:
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)

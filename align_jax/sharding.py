@@ -1,0 +1,208 @@
+"""Mesh from config, ONE logical-axis rules table, parameter/batch placement, multi-host set-up.
+
+Every parameter carries logical axis names as NNX Variable metadata (``nnx.Param(x, axes=(...))``);
+activations are constrained with :func:`constrain`. Only :data:`RULES` knows the mesh axes, so
+changing the parallelism strategy is a one-table edit (MaxText / t5x style).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import math
+import os
+from typing import Any, Iterator, Sequence
+
+import jax
+import numpy as np
+from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+
+MESH_AXES = ("data", "fsdp", "tensor")
+
+# logical name -> mesh axis (or tuple of axes, or None = replicated). Order matters only for
+# readability; a mesh axis is used at most once per array (checked in `logical_to_spec`).
+RULES: tuple[tuple[str, Any], ...] = (
+    ("batch", ("data", "fsdp")),
+    ("length", None),
+    ("embed", "fsdp"),
+    ("vocab", "tensor"),
+    ("heads", "tensor"),
+    ("kv_heads", "tensor"),
+    ("head_dim", None),
+    ("mlp", "tensor"),
+    ("layers", None),
+    ("norm", None),
+    ("lora_rank", None),
+    ("classes", None),
+)
+_RULES = dict(RULES)
+
+
+@dataclasses.dataclass(frozen=True)
+class MeshConfig:
+    """Mesh shape over (data, fsdp, tensor); -1 fills with the remaining devices."""
+
+    data: int = -1
+    fsdp: int = 1
+    tensor: int = 1
+
+    @classmethod
+    def parse(cls, spec: "str | Sequence[int] | MeshConfig | None") -> "MeshConfig":
+        """Accepts "8,1,1", (2,2,2), a MeshConfig, or None (all devices on `data`)."""
+        if spec is None:
+            return cls()
+        if isinstance(spec, MeshConfig):
+            return spec
+        if isinstance(spec, str):
+            parts = [p for p in spec.replace("x", ",").split(",") if p.strip()]
+            spec = [int(p) for p in parts]
+        vals = list(spec)
+        if len(vals) != 3:
+            raise ValueError(f"mesh needs 3 sizes (data,fsdp,tensor), got {vals!r}")
+        return cls(*vals)
+
+
+def make_mesh(cfg: "MeshConfig | str | Sequence[int] | None" = None, devices=None) -> Mesh:
+    cfg = MeshConfig.parse(cfg)
+    devices = list(jax.devices() if devices is None else devices)
+    sizes = [cfg.data, cfg.fsdp, cfg.tensor]
+    n_fill = sizes.count(-1)
+    if n_fill > 1:
+        raise ValueError(f"at most one mesh axis may be -1, got {sizes}")
+    known = math.prod(s for s in sizes if s != -1)
+    if n_fill:
+        if len(devices) % known:
+            raise ValueError(f"{len(devices)} devices do not divide by mesh sizes {sizes}")
+        sizes[sizes.index(-1)] = len(devices) // known
+    if math.prod(sizes) != len(devices):
+        raise ValueError(f"mesh {sizes} needs {math.prod(sizes)} devices, have {len(devices)}")
+    arr = np.asarray(devices).reshape(sizes)
+    return Mesh(arr, MESH_AXES)
+
+
+def logical_to_spec(names: Sequence[str | None] | None, mesh: Mesh | None = None) -> P:
+    """Map logical axis names to a PartitionSpec through RULES.
+
+    A mesh axis of size 1 is dropped, and an axis already used by an earlier dim is not reused
+    (e.g. `batch` and `embed` both want `fsdp` in activations: the first wins)."""
+    if names is None:
+        return P()
+    used: set[str] = set()
+    out = []
+    for n in names:
+        target = _RULES.get(n) if n is not None else None
+        if n is not None and n not in _RULES:
+            raise KeyError(f"logical axis {n!r} has no rule; known: {sorted(_RULES)}")
+        axes = (target,) if isinstance(target, str) else tuple(target or ())
+        if mesh is not None:
+            axes = tuple(a for a in axes if mesh.shape[a] > 1)
+        axes = tuple(a for a in axes if a not in used)
+        used.update(axes)
+        out.append(None if not axes else axes[0] if len(axes) == 1 else axes)
+    return P(*out)
+
+
+def _divisible_spec(spec: P, shape: Sequence[int], mesh: Mesh) -> P:
+    """Replicate a dim whose size the mesh axes do not divide (tiny test configs, odd vocab)."""
+    out = []
+    for dim, entry in zip(shape, tuple(spec) + (None,) * (len(shape) - len(spec))):
+        axes = (entry,) if isinstance(entry, str) else tuple(entry or ())
+        size = math.prod(mesh.shape[a] for a in axes)
+        out.append(entry if axes and dim % size == 0 else None)
+    return P(*out)
+
+
+def named_sharding(names, shape, mesh: Mesh) -> NamedSharding:
+    return NamedSharding(mesh, _divisible_spec(logical_to_spec(names, mesh), shape, mesh))
+
+
+def _is_var(x) -> bool:
+    from flax import nnx
+
+    return isinstance(x, nnx.Variable)
+
+
+def state_shardings(state, mesh: Mesh):
+    """NamedShardings for an NNX State (or any pytree of Variables) from their `axes` metadata."""
+
+    def one(v):
+        if _is_var(v):
+            names = v.get_metadata().get("axes")
+            value = v.get_value() if hasattr(v, "get_value") else v.value
+            return v.replace(named_sharding(names, np.shape(value), mesh))
+        return NamedSharding(mesh, P())
+
+    return jax.tree.map(one, state, is_leaf=_is_var)
+
+
+def shard_state(state, mesh: Mesh):
+    """Place an NNX State on the mesh according to the rules table."""
+    shardings = state_shardings(state, mesh)
+    return jax.device_put(state, shardings)
+
+
+def shard_model(model, mesh: Mesh):
+    """Shard an NNX module's variables in place (returns the module)."""
+    from flax import nnx
+
+    graphdef, state = nnx.split(model)
+    return nnx.merge(graphdef, shard_state(state, mesh))
+
+
+def batch_sharding(mesh: Mesh, ndim: int) -> NamedSharding:
+    return NamedSharding(mesh, logical_to_spec(("batch",) + (None,) * (ndim - 1), mesh))
+
+
+def place_batch(batch, mesh: Mesh | None):
+    """Put a host batch (pytree of numpy arrays, leading dim = batch) on the mesh.
+
+    Multi-host: each process passes ITS share of the global batch; the global array is
+    assembled with `jax.make_array_from_process_local_data`."""
+    if mesh is None:
+        return jax.tree.map(jax.numpy.asarray, batch)
+
+    def one(x):
+        x = np.asarray(x)
+        s = batch_sharding(mesh, x.ndim)
+        if jax.process_count() == 1:
+            return jax.device_put(x, s)
+        return jax.make_array_from_process_local_data(s, x)
+
+    return jax.tree.map(one, batch)
+
+
+# ---- activation constraints ------------------------------------------------------------------
+_ACTIVE_MESH: list[Mesh] = []
+
+
+@contextlib.contextmanager
+def use_mesh(mesh: Mesh | None) -> Iterator[Mesh | None]:
+    """Activate `mesh` for :func:`constrain` while tracing (no-op for None)."""
+    if mesh is None:
+        yield None
+        return
+    _ACTIVE_MESH.append(mesh)
+    try:
+        yield mesh
+    finally:
+        _ACTIVE_MESH.pop()
+
+
+def constrain(x, names: Sequence[str | None]):
+    """with_sharding_constraint by logical names; a no-op when no mesh is active."""
+    if not _ACTIVE_MESH:
+        return x
+    mesh = _ACTIVE_MESH[-1]
+    return jax.lax.with_sharding_constraint(x, named_sharding(names, x.shape, mesh))
+
+
+def maybe_initialize_distributed() -> bool:
+    """Call `jax.distributed.initialize()` on a multi-host pod (TPU VM workers or an explicit
+    coordinator in the environment). Returns True when it initialised."""
+    on_pod = bool(os.environ.get("TPU_WORKER_HOSTNAMES", "").count(",")) or bool(
+        os.environ.get("JAX_COORDINATOR_ADDRESS")
+    )
+    if not on_pod:
+        return False
+    jax.distributed.initialize()
+    return True
