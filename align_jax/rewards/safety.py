@@ -1,0 +1,103 @@
+"""Harmless scorers for the RefAlign safety variant: A = A_sim + w · A_harm (w = 4.0 [card]).
+
+How the harmless reward is computed is [open] in the paper's public material, so it is pluggable.
+Every scorer has one interface: `scorer(prompts, responses, records) -> np.ndarray[B]` where
+`records` are the data items (dicts with optional `category` ("risky"/"benign") and `unsafe`
+(a known unsafe response)). Higher = more harmless.
+
+- `refusal`: regex refusal / unsafe-compliance patterns, for the offline default.
+- `contrast`: S(y, safe_reference) − S(y, unsafe_response) with any similarity scorer, where the
+  data has a known unsafe response (PKU-SafeRLHF does); 0 elsewhere.
+- `classifier`: a sequence-classification checkpoint (BERT/RoBERTa with a score head, HF weights),
+  e.g. a cost or safety model at paper scale (see `align_jax.rewards.classifier`).
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Callable, Sequence
+
+import numpy as np
+
+HarmlessScorer = Callable[[Sequence[str], Sequence[str], Sequence[dict]], np.ndarray]
+
+_REFUSAL = re.compile(
+    r"\b(i can(?:'|no)t|i cannot|i won'?t|i will not|i'm not able|i am not able|unable to help|"
+    r"can't help|cannot help|can't assist|cannot assist|not (?:able|going) to (?:help|provide|assist)|"
+    r"i must decline|i'm sorry|i am sorry|against (?:the law|my guidelines)|not appropriate|"
+    r"(?:is|be|are) (?:illegal|harmful|dangerous|unsafe|unethical)|instead,? (?:i|you|consider)|"
+    r"seek (?:professional|help)|reach out to|crisis line|hotline)\b",
+    re.I,
+)
+_COMPLY = re.compile(
+    r"\b(sure[,!]? here(?:'s| is)|here(?:'s| is) how|step \d|first,? you (?:need|get|take)|"
+    r"you(?:'ll| will) need|the easiest way to|follow these steps|to do this,? )\b",
+    re.I,
+)
+
+
+def refusal_score(text: str) -> float:
+    """+1 clear refusal/redirect, −1 compliance markers without refusal, 0 neither/both."""
+    ref = bool(_REFUSAL.search(text))
+    comp = bool(_COMPLY.search(text))
+    return float(ref) - float(comp)
+
+
+def refusal_scorer(over_refusal_penalty: float = 0.5) -> HarmlessScorer:
+    """Risky prompts: refusal_score. Benign prompts: −penalty for refusing (over-refusal is not
+    harmless-helpful), else 0. Records without a category count as risky."""
+
+    def score(prompts, responses, records):
+        out = np.zeros(len(responses), np.float32)
+        for i, (y, rec) in enumerate(zip(responses, records)):
+            s = refusal_score(y)
+            if rec.get("category", "risky") == "benign":
+                out[i] = -over_refusal_penalty if s > 0 else 0.0
+            else:
+                out[i] = s
+        return out
+
+    return score
+
+
+def contrast_scorer(similarity) -> HarmlessScorer:
+    """S(y, reference) − S(y, unsafe) for records with an `unsafe` response, 0 for the rest.
+
+    `similarity(candidates, references) -> np.ndarray` (see `align_jax.rewards.make_similarity`)."""
+
+    def score(prompts, responses, records):
+        out = np.zeros(len(responses), np.float32)
+        idx = [i for i, r in enumerate(records) if r.get("unsafe")]
+        if not idx:
+            return out
+        cands = [responses[i] for i in idx]
+        s_safe = similarity(cands, [records[i]["reference"] for i in idx])
+        s_unsafe = similarity(cands, [records[i]["unsafe"] for i in idx])
+        out[idx] = np.asarray(s_safe) - np.asarray(s_unsafe)
+        return out
+
+    return score
+
+
+def make_harmless_scorer(name: str, *, similarity=None, classifier_path: str | None = None,
+                         classifier_label: int = 0, over_refusal_penalty: float = 0.5,
+                         **_) -> HarmlessScorer:
+    if name == "refusal":
+        return refusal_scorer(over_refusal_penalty)
+    if name == "contrast":
+        if similarity is None:
+            raise ValueError("harmless scorer 'contrast' needs a similarity scorer")
+        return contrast_scorer(similarity)
+    if name == "classifier":
+        if not classifier_path:
+            raise ValueError("harmless scorer 'classifier' needs classifier_path=<HF checkpoint dir>")
+        from align_jax.rewards.classifier import load_sequence_classifier
+
+        clf = load_sequence_classifier(classifier_path)
+
+        def score(prompts, responses, records):
+            texts = [f"{p}\n{y}" for p, y in zip(prompts, responses)]
+            return np.asarray(clf(texts))[:, classifier_label].astype(np.float32)
+
+        return score
+    raise ValueError(f"unknown harmless scorer {name!r}; choose refusal, contrast or classifier")

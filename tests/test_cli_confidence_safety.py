@@ -1,0 +1,100 @@
+"""Hand-checked cases for the config override parser, confidence parsing/metrics and the
+pattern harmless scorer."""
+import dataclasses
+import math
+
+import numpy as np
+import pytest
+
+from align_jax.cli import parse_overrides
+from align_jax.rewards import confidence as C
+from align_jax.rewards.safety import contrast_scorer, make_harmless_scorer, refusal_score
+
+
+@dataclasses.dataclass(frozen=True)
+class _Inner:
+    top_p: float = 1.0
+
+
+@dataclasses.dataclass(frozen=True)
+class _Cfg:
+    steps: int = 3
+    lr: float = 1e-5
+    model: str | None = None
+    ppo: bool = False
+    mesh: tuple[int, ...] = (-1, 1, 1)
+    sampling: _Inner = _Inner()
+
+
+def test_overrides_types_and_errors():
+    cfg = parse_overrides(_Cfg(), ["steps=7", "lr=3e-6", "model=/x", "ppo=true",
+                                   "mesh=2,2,2", "sampling.top_p=0.9"])
+    assert cfg == _Cfg(7, 3e-6, "/x", True, (2, 2, 2), _Inner(0.9))
+    assert parse_overrides(_Cfg(model="a"), ["model=none"]).model is None
+    with pytest.raises(SystemExit, match="unknown config key 'stpes'"):
+        parse_overrides(_Cfg(), ["stpes=3"])
+    with pytest.raises(SystemExit, match="expected int"):
+        parse_overrides(_Cfg(), ["steps=three"])
+    with pytest.raises(SystemExit, match="expected key=value"):
+        parse_overrides(_Cfg(), ["steps"])
+
+
+@pytest.mark.parametrize("text,want", [
+    ("Paris.\nConfidence: 80%", 0.8),
+    ("Paris. confidence is 0.65", 0.65),
+    ("It is 4. I am 75% sure.", 0.75),
+    ("Answer: 7\nConfidence: 90/100", 0.9),
+    ("Confidence: 20%. On reflection, Confidence: 60%", 0.6),
+    ("Just Paris.", None),
+    ("Confidence: 250%", None),
+])
+def test_parse_confidence(text, want):
+    got = C.parse_confidence(text)
+    assert (got is None) if want is None else got == pytest.approx(want)
+
+
+def test_order_reward_hand_computed():
+    q = np.array([[0.9, 0.5, 0.7]])
+    c = np.array([[0.8, np.nan, 0.2]])
+    r = C.order_reward(q, c, missing_penalty=-1.0)
+    # sample 0 vs 2 (sample 1 has no confidence): sign(0.9-0.7)*(0.8-0.2) = 0.6 ; sample 2: sign(-0.2)*(-0.6)=0.6
+    np.testing.assert_allclose(r, [[0.6, -1.0, 0.6]], atol=1e-6)
+    # confidence ordered against quality is punished
+    r2 = C.order_reward(np.array([[0.9, 0.1]]), np.array([[0.1, 0.9]]))
+    np.testing.assert_allclose(r2, [[-0.8, -0.8]], atol=1e-6)
+    tot = C.confidence_reward(q, c, alpha=0.5)
+    np.testing.assert_allclose(tot, q + 0.5 * r, atol=1e-6)
+
+
+def test_calibration_metrics_hand_computed():
+    conf = np.array([0.9, 0.8, 0.3, 0.2])
+    correct = np.array([1, 0, 1, 0])
+    # bins: 0.9->9, 0.8->8, 0.3->3, 0.2->2: each bin one item: |0.9-1|+|0.8-0|+|0.3-1|+|0.2-0| = 1.8 / 4
+    assert C.ece(conf, correct) == pytest.approx(0.45)
+    # positives {0.9,0.3}, negatives {0.8,0.2}: pairs pos>neg: (0.9>0.8),(0.9>0.2),(0.3>0.2) = 3/4
+    assert C.auroc(conf, correct) == pytest.approx(0.75)
+    assert C.auroc(np.array([0.5, 0.5]), np.array([1, 0])) == pytest.approx(0.5)
+    assert math.isnan(C.auroc(conf, np.ones(4)))
+    assert C.pearson([1, 2, 3], [2, 4, 6]) == pytest.approx(1.0)
+    rep = C.calibration_report([0.9, np.nan, 0.1], [1.0, 0.0, 0.0], correct_threshold=0.5)
+    assert rep["parsed_frac"] == pytest.approx(2 / 3) and rep["auroc"] == 1.0
+
+
+def test_refusal_scorer():
+    assert refusal_score("I'm sorry, but I can't help with that. Instead, consider a locksmith.") == 1.0
+    assert refusal_score("Sure, here is how: first you get the materials.") == -1.0
+    assert refusal_score("Paris is the capital of France.") == 0.0
+    s = make_harmless_scorer("refusal", over_refusal_penalty=0.5)
+    recs = [{"category": "risky"}, {"category": "benign"}, {"category": "benign"}]
+    out = s(["p"] * 3, ["I cannot help with that.", "I cannot help with that.", "Sure, 4."], recs)
+    np.testing.assert_allclose(out, [1.0, -0.5, 0.0])
+
+
+def test_contrast_scorer_uses_unsafe_only_where_present():
+    sim = lambda c, r: np.array([1.0 if a == b else 0.0 for a, b in zip(c, r)])
+    s = contrast_scorer(sim)
+    recs = [{"reference": "safe", "unsafe": "bad"}, {"reference": "x"}]
+    np.testing.assert_allclose(s(["p", "q"], ["bad", "x"], recs), [-1.0, 0.0])
+    np.testing.assert_allclose(s(["p", "q"], ["safe", "x"], recs), [1.0, 0.0])
+    with pytest.raises(ValueError, match="unknown harmless scorer"):
+        make_harmless_scorer("nope")
