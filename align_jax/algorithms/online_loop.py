@@ -1,0 +1,147 @@
+"""The on-policy loop shared by RefAlign's variants: rollout → reward → advantage → update, with
+checkpoint/resume, JSONL+TensorBoard metrics and a progress bar.
+
+Resume == uninterrupted: the rollout key of step s is fold_in(seed_key, s), the data order is the
+loader's (seed, epoch) permutation whose position is checkpointed with the state, and the train
+state carries its own rng. A run killed at any point restarts from the newest complete checkpoint.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from pathlib import Path
+from typing import Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from align_jax.algorithms import refalign as ra
+from align_jax.data.loader import DataLoader
+from align_jax.sampling.sampler import SamplingConfig
+from align_jax.sharding import place_batch
+from align_jax.train.checkpoint import Checkpointer
+from align_jax.train.metrics import MetricsLogger, compute
+from align_jax.train.optim import make_optimizer
+from align_jax.train.state import create_train_state
+from align_jax.train.step import make_train_step
+
+
+@dataclasses.dataclass(frozen=True)
+class OptimConfig:
+    name: str = "adamw"
+    lr: float = 1e-5
+    schedule: str = "constant"
+    warmup_steps: int = 0
+    weight_decay: float = 0.0
+    grad_clip: float | None = 1.0
+
+
+@dataclasses.dataclass(frozen=True)
+class LoopConfig:
+    steps: int = 40
+    prompts_per_step: int = 4
+    seed: int = 0
+    save_every: int = 10
+    keep_checkpoints: int = 2
+    kl_every: int = 1  # measure KL(π_θ‖π_init) every N steps (one extra forward); 0 = never
+    progress: bool = True
+
+
+def as_record(ex) -> dict:
+    """Schema object or dict -> flat dict with prompt/reference/unsafe + meta fields."""
+    if isinstance(ex, dict):
+        return ex
+    d = {k: v for k, v in vars(ex).items() if k != "meta"}
+    d.update(getattr(ex, "meta", {}) or {})
+    return d
+
+
+def train_online(model, tokenizer, examples: Sequence, reward_fn: ra.RewardFn, *,
+                 rcfg: ra.RefAlignConfig, sampling: SamplingConfig, optim: OptimConfig,
+                 loop: LoopConfig, run_dir: str | Path, mesh=None, step_callback=None):
+    """Train `model` in place of nothing: returns (final model, final TrainState).
+
+    `examples` are records with at least `prompt` (and whatever `reward_fn` reads)."""
+    run_dir = Path(run_dir)
+    records = [as_record(e) for e in examples]
+    opt = make_optimizer(optim.name, optim.lr, optim.schedule, optim.warmup_steps, loop.steps,
+                         optim.weight_decay, optim.grad_clip)
+    state, bundle = create_train_state(model, opt, loop.seed, mesh)
+    # The initial policy for the KL measurement (a copy: the train step donates its params).
+    init_params = jax.tree.map(jnp.copy, state.params) if loop.kl_every else None
+    loader = DataLoader(records, loop.prompts_per_step, seed=loop.seed, shuffle=True)
+    ckpt = Checkpointer(run_dir / "checkpoints", save_every=loop.save_every,
+                        keep=loop.keep_checkpoints)
+    start = 0
+    restored = ckpt.restore_latest(state)
+    if restored is not None:
+        state, extra, start = restored
+        loader.load_state_dict(extra["loader"])
+        print(f"[align_jax] resumed from {run_dir / 'checkpoints'} at step {start}")
+    logger = MetricsLogger(run_dir, resume_step=start if restored is not None else None)
+    step_fn = make_train_step(ra.make_loss_fn(rcfg), opt, bundle, mesh)
+    kl_fn = ra.make_kl_fn(bundle, rcfg.chunk_size) if loop.kl_every else None
+    base_key = jax.random.PRNGKey(loop.seed + 1)
+
+    bar = _progress(loop, start)
+    try:
+        for step in range(start, loop.steps):
+            t0 = time.perf_counter()
+            batch_records = next(loader)
+            policy = bundle.merge(state.params)
+            ro = ra.rollout(policy, tokenizer, batch_records, jax.random.fold_in(base_key, step),
+                            sampling, rcfg.k, mesh)
+            t1 = time.perf_counter()
+            prompts = [r["prompt"] for r in ro.records]
+            comps = reward_fn(prompts, ro.texts, ro.records)
+            adv, stats = ra.compute_advantages(comps, rcfg.k, rcfg)
+            batch = ra.train_batch(ro.out, adv)
+            t2 = time.perf_counter()
+            dev_batch = place_batch(batch, mesh)
+            if kl_fn is not None and step % loop.kl_every == 0:
+                kl_sum, n = kl_fn(init_params, dev_batch)
+                stats["kl_to_init"] = float(kl_sum) / max(float(n), 1.0)
+            acc = None
+            for _ in range(rcfg.updates_per_rollout):
+                state, m = step_fn(state, dev_batch)
+                acc = m
+            stats.update({f"train/{k}": v for k, v in compute(jax.device_get(acc)).items()})
+            t3 = time.perf_counter()
+            stats.update(ra.rollout_stats(ro, sampling.max_new_tokens))
+            stats.update({"time/sample_s": t1 - t0, "time/reward_s": t2 - t1,
+                          "time/update_s": t3 - t2,
+                          "samples_per_s": len(ro.texts) / max(t3 - t0, 1e-9)})
+            logger.log(step + 1, stats)
+            ckpt.save(step + 1, state, extra={"loader": loader.state_dict()},
+                      force=step + 1 == loop.steps)
+            if bar is not None:
+                bar.update(1)
+                bar.set_postfix(reward=f"{_main_reward(stats):.4f}",
+                                len=f"{stats['len/mean']:.1f}",
+                                kl=f"{stats.get('kl_to_init', float('nan')):.4f}")
+            if step_callback is not None:
+                step_callback(step + 1, stats, ro)
+    finally:
+        if bar is not None:
+            bar.close()
+        ckpt.close()
+        logger.close()
+    return bundle.merge(state.params), state
+
+
+def _main_reward(stats: dict) -> float:
+    for k in ("reward/sim", "reward/quality"):
+        if k in stats:
+            return stats[k]
+    vals = [v for k, v in stats.items() if k.startswith("reward/") and not k.endswith("_std")]
+    return float(np.mean(vals)) if vals else float("nan")
+
+
+def _progress(loop: LoopConfig, start: int):
+    if not loop.progress or jax.process_index() != 0:
+        return None
+    from tqdm.auto import tqdm
+
+    return tqdm(total=loop.steps, initial=start, desc="refalign", unit="step", dynamic_ncols=True)

@@ -1,0 +1,184 @@
+"""RefAlign (arXiv 2504.09895): REINFORCE with a similarity reward to ONE reference answer.
+
+One step = rollout (K on-policy samples per prompt, jitted KV-cache sampler) → rewards (named
+components, e.g. `sim` = BERTScore F1 to the reference, `harmless` for the safety variant, each
+with a weight) → advantages per component (mean baseline incl. the sample itself, optional clip
+to [−ε, ε]) summed with their weights, A = A_sim + 4·A_harm → token-level REINFORCE update.
+No reference model, critic or preference pairs (ALGORITHMS.md §1).
+
+Each piece is a function; the experiment files compose them with `align_jax.train.loop`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Callable, Mapping, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from align_jax.losses.policy_gradient import advantages, length_factor, reinforce_loss
+from align_jax.rewards.similarity import strip_for_scoring
+from align_jax.sampling.sampler import (SampleOutput, SamplingConfig, decode_responses,
+                                        encode_prompts, generate, tokenizer_defaults)
+from align_jax.train.logprobs import token_logps
+
+
+@dataclasses.dataclass(frozen=True)
+class RefAlignConfig:
+    k: int = 2  # samples per prompt (the released runs use K=2)
+    advantage: str = "mean"  # mean (RefAlign) | rloo | grpo | none
+    adv_clip: float | None = None  # ε; [open] in the paper, off by default
+    length_c: float | None = None  # length factor (1 + 1/(C+|y|))·S; None = off ([open] C)
+    clip_ratio: float | None = None  # PPO-style ratio clip when a rollout is reused
+    updates_per_rollout: int = 1
+    kl_coef: float = 0.0  # KL-to-initial penalty; off as in RefAlign (it is still MEASURED)
+    chunk_size: int | None = None  # log-prob chunking over the sequence (big vocabularies)
+
+
+# A reward function maps (prompts, responses, records) of the R = P·K rows to named components
+# {name: (scores [R], weight)}; the advantage is Σ weight · advantage(scores).
+RewardFn = Callable[[Sequence, Sequence[str], Sequence[dict]], Mapping[str, tuple[np.ndarray, float]]]
+
+
+@dataclasses.dataclass
+class Rollout:
+    out: SampleOutput  # rows = prompts repeated K times: [p0s0, p0s1, ..., p1s0, ...]
+    texts: list[str]  # decoded responses, special tokens removed
+    records: list[dict]  # the data record of each row (repeated K times)
+
+
+def rollout(model, tokenizer, records: Sequence[dict], key, sampling: SamplingConfig, k: int,
+            mesh=None, prompt_key: str = "prompt") -> Rollout:
+    """K samples per record's prompt (chat template applied), decoded for scoring."""
+    cfg = tokenizer_defaults(model, tokenizer, sampling.replace(n=k))
+    ids = encode_prompts(tokenizer, [r[prompt_key] for r in records])
+    P = max(len(s) for s in ids)
+    ids_bp = np.full((len(ids), P), cfg.pad_token_id, np.int32)
+    mask_bp = np.zeros((len(ids), P), np.int32)
+    for i, s in enumerate(ids):
+        ids_bp[i, P - len(s):], mask_bp[i, P - len(s):] = s, 1
+    out = generate(model, ids_bp, mask_bp, key, cfg, mesh=mesh)
+    texts = [strip_for_scoring(t, tokenizer.all_special_tokens)
+             for t in decode_responses(tokenizer, out)]
+    rows = [r for r in records for _ in range(k)]
+    return Rollout(out=out, texts=texts, records=rows)
+
+
+def similarity_reward(similarity, reference_key: str = "reference", weight: float = 1.0,
+                      length_c: float | None = None) -> RewardFn:
+    """`sim` component: S(y, y*) with the chosen metric; optional length factor."""
+
+    def fn(prompts, responses, records):
+        s = np.asarray(similarity(list(responses), [r[reference_key] for r in records]),
+                       np.float32)
+        if length_c is not None:
+            lens = np.array([len(y.split()) for y in responses], np.float32)
+            s = np.asarray(length_factor(jnp.asarray(s), jnp.asarray(lens), length_c))
+        return {"sim": (s, weight)}
+
+    return fn
+
+
+def harmless_reward(scorer, weight: float = 4.0) -> RewardFn:
+    """`harmless` component for the safety variant (weight 4.0 in the released runs)."""
+
+    def fn(prompts, responses, records):
+        return {"harmless": (np.asarray(scorer(prompts, responses, records), np.float32), weight)}
+
+    return fn
+
+
+def combine_rewards(*fns: RewardFn) -> RewardFn:
+    def fn(prompts, responses, records):
+        out = {}
+        for f in fns:
+            out.update(f(prompts, responses, records))
+        return out
+
+    return fn
+
+
+def compute_advantages(components: Mapping[str, tuple[np.ndarray, float]], k: int,
+                       cfg: RefAlignConfig) -> tuple[np.ndarray, dict[str, float]]:
+    """Σ_c w_c · adv(R_c) per row, each component's advantage over its prompt's K samples."""
+    total = None
+    stats: dict[str, float] = {}
+    for name, (scores, w) in components.items():
+        r_pk = jnp.asarray(scores, jnp.float32).reshape(-1, k)
+        a = np.asarray(advantages(r_pk, cfg.advantage, cfg.adv_clip)).reshape(-1)
+        total = w * a if total is None else total + w * a
+        stats[f"reward/{name}"] = float(np.mean(scores))
+        stats[f"reward/{name}_std"] = float(np.std(scores))
+        stats[f"adv/{name}_absmean"] = float(np.mean(np.abs(a)))
+    assert total is not None, "reward function returned no components"
+    stats["adv/absmean"] = float(np.mean(np.abs(total)))
+    stats["adv/max"] = float(np.max(total))
+    return total.astype(np.float32), stats
+
+
+def train_batch(out: SampleOutput, adv_r: np.ndarray) -> dict[str, np.ndarray]:
+    """Teacher-forcing batch over prompt+response: loss on response tokens only; the sampler's
+    untempered log-probs become `old_logps` (shifted layout [R, T-1]) for ratio/KL terms."""
+    p_ids, p_mask = np.asarray(out.prompt_ids), np.asarray(out.prompt_mask)
+    toks, gmask = np.asarray(out.tokens), np.asarray(out.mask)
+    R, P = p_ids.shape
+    ids = np.concatenate([p_ids, toks], 1).astype(np.int32)
+    attn = np.concatenate([p_mask, gmask], 1).astype(np.int32)
+    loss_mask = np.concatenate([np.zeros_like(p_mask), gmask], 1).astype(np.int32)
+    old = np.concatenate([np.zeros((R, P - 1), np.float32),
+                          np.asarray(out.logprobs_raw, np.float32)], 1)
+    return {"input_ids": ids, "attention_mask": attn, "loss_mask": loss_mask,
+            "adv": adv_r.astype(np.float32), "old_logps": old}
+
+
+def make_loss_fn(cfg: RefAlignConfig):
+    """loss_fn(model, batch, rng) for `align_jax.train.step.make_train_step`."""
+
+    def loss_fn(model, batch, rng):
+        del rng
+        logp_bt, ent_bt = token_logps(model, batch["input_ids"], batch["attention_mask"],
+                                      batch["loss_mask"], chunk_size=cfg.chunk_size,
+                                      return_entropy=True)
+        mask_bt = batch["loss_mask"][:, 1:]
+        use_ratio = cfg.clip_ratio is not None or cfg.updates_per_rollout > 1
+        loss, metrics = reinforce_loss(
+            logp_bt, mask_bt, batch["adv"],
+            old_logps_bt=batch["old_logps"] if use_ratio else None,
+            clip_ratio=cfg.clip_ratio,
+            ref_logps_bt=batch.get("init_logps"), kl_coef=cfg.kl_coef)
+        n = jnp.sum(mask_bt)
+        metrics = dict(metrics)
+        metrics["entropy"] = (jnp.sum(ent_bt), n)
+        return loss, metrics
+
+    return loss_fn
+
+
+def make_kl_fn(bundle, chunk_size: int | None = None):
+    """jitted (init_params, batch) -> (Σ (logp_θ − logp_init), #tokens) on the rollout tokens,
+    with logp_θ = the sampler's untempered log-probs: an unbiased KL(π_θ‖π_init) estimate
+    (measured, never optimised, unless kl_coef > 0)."""
+
+    @jax.jit
+    def kl(init_params, batch):
+        model = bundle.merge(init_params)
+        lp0 = token_logps(model, batch["input_ids"], batch["attention_mask"], batch["loss_mask"],
+                          chunk_size=chunk_size)
+        m = batch["loss_mask"][:, 1:]
+        return jnp.sum((batch["old_logps"] - lp0) * m), jnp.sum(m)
+
+    return kl
+
+
+def rollout_stats(ro: Rollout, max_new_tokens: int) -> dict[str, float]:
+    lens = np.asarray(ro.out.lengths)
+    raw = np.asarray(ro.out.logprobs_raw)
+    m = np.asarray(ro.out.mask)
+    return {
+        "len/mean": float(lens.mean()),
+        "len/hit_max_frac": float(np.mean(~np.asarray(ro.out.stopped))),
+        "len/words": float(np.mean([len(t.split()) for t in ro.texts])),
+        "sample_nll": float(-(raw * m).sum() / max(m.sum(), 1)),
+    }

@@ -1,0 +1,85 @@
+"""End-of-run artefacts: run directory naming, a PNG of the training curves, and a Markdown
+before/after sample table."""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from pathlib import Path
+from typing import Mapping, Sequence
+
+
+def make_run_dir(experiment: str, out_dir: str | None = None, root: str = "runs") -> Path:
+    """`out_dir` when given (re-using it resumes), else runs/<experiment>-<timestamp>/."""
+    path = Path(out_dir) if out_dir else Path(root) / f"{experiment}-{time.strftime('%Y%m%d-%H%M%S')}"
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def write_json(path: str | Path, obj) -> None:
+    path = Path(path)
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(json.dumps(obj, indent=1, default=float))
+    os.replace(tmp, path)
+
+
+def plot_curves(metrics_jsonl: str | Path, out_png: str | Path,
+                keys: Sequence[str] | None = None, title: str = "") -> Path | None:
+    """One panel per metric key (default: rewards, length, KL, loss) over steps."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = [json.loads(l) for l in Path(metrics_jsonl).read_text().splitlines() if l.strip()]
+    if not rows:
+        return None
+    if keys is None:
+        keys = [k for k in rows[-1] if k.startswith("reward/") and not k.endswith("_std")]
+        keys += [k for k in ("len/mean", "kl_to_init", "train/loss", "train/entropy")
+                 if k in rows[-1]]
+    keys = [k for k in keys if any(k in r for r in rows)]
+    n = len(keys)
+    cols = min(3, n)
+    nrows = -(-n // cols)
+    fig, axes = plt.subplots(nrows, cols, figsize=(4.2 * cols, 3.0 * nrows), squeeze=False)
+    for ax, k in zip(axes.flat, keys):
+        xs = [r["step"] for r in rows if k in r]
+        ys = [r[k] for r in rows if k in r]
+        ax.plot(xs, ys, lw=1.2, alpha=0.5)
+        if len(ys) >= 5:  # a moving average makes the trend readable at K=2 noise levels
+            w = max(len(ys) // 8, 2)
+            sm = [sum(ys[max(0, i - w + 1):i + 1]) / len(ys[max(0, i - w + 1):i + 1])
+                  for i in range(len(ys))]
+            ax.plot(xs, sm, lw=2)
+        ax.set_title(k, fontsize=9)
+        ax.set_xlabel("step", fontsize=8)
+        ax.grid(alpha=0.3)
+    for ax in list(axes.flat)[n:]:
+        ax.axis("off")
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    fig.savefig(out_png, dpi=110)
+    plt.close(fig)
+    return Path(out_png)
+
+
+def _cell(text: str, limit: int = 220) -> str:
+    t = " ".join(str(text).split())
+    t = t if len(t) <= limit else t[: limit - 1] + "…"
+    return t.replace("|", "\\|")
+
+
+def sample_table(prompts: Sequence[str], before: Sequence[str], after: Sequence[str],
+                 extra_cols: Mapping[str, Sequence] | None = None) -> str:
+    """Markdown table: prompt | before | after (| extra columns)."""
+    extra_cols = dict(extra_cols or {})
+    head = ["prompt", "before", "after", *extra_cols]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for i, p in enumerate(prompts):
+        row = [_cell(p, 120), _cell(before[i]), _cell(after[i])]
+        row += [_cell(f"{v[i]:.3f}" if isinstance(v[i], float) else v[i]) for v in extra_cols.values()]
+        lines.append("| " + " | ".join(row) + " |")
+    return "\n".join(lines) + "\n"
