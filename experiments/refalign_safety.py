@@ -33,10 +33,9 @@ from align_jax.algorithms.online_loop import (LoopConfig, OptimConfig, as_record
                                               train_online)
 from align_jax.algorithms.refalign_eval import evaluate  # noqa: E402
 from align_jax.cli import config_dict, parse_overrides  # noqa: E402
-from align_jax.data import load_bundled, load_examples  # noqa: E402
+from align_jax.data import load_bundled, load_examples, prompt_text  # noqa: E402
 from align_jax.models import export_hf, load_causal_lm  # noqa: E402
 from align_jax.rewards.safety import make_harmless_scorer  # noqa: E402
-from align_jax.rewards.similarity import make_similarity  # noqa: E402
 from align_jax.sampling.sampler import SamplingConfig  # noqa: E402
 from align_jax.train import report  # noqa: E402
 
@@ -89,7 +88,7 @@ def main(argv: list[str]) -> dict:
     policy, tokenizer = load_causal_lm(cfg.model, dtype=cfg.dtype, mesh=mesh)
 
     # ---- 3. reward: similarity to the safe reference + weighted harmless score ---------------
-    similarity = make_similarity(cfg.similarity, **_sim_kwargs(cfg, tokenizer, mesh))
+    similarity = ra.make_scorer(cfg.similarity, tokenizer, cfg.encoder, cfg.bertscore_layers, mesh)
     harmless = make_harmless_scorer(cfg.harmless, similarity=similarity,
                                     classifier_path=cfg.classifier_path,
                                     classifier_label=cfg.classifier_label)
@@ -111,7 +110,7 @@ def main(argv: list[str]) -> dict:
                                  mesh=mesh)
         before = {"metrics": m, "answers": answers}
         report.write_json(before_file, before)
-    print("[align_jax] before:", _fmt(before["metrics"]))
+    print("[align_jax] before:", report.fmt_metrics(before["metrics"]))
 
     policy, _ = train_online(
         policy, tokenizer, train_set, reward_fn,
@@ -128,29 +127,21 @@ def main(argv: list[str]) -> dict:
                              mesh=mesh)
     after = {"metrics": m, "answers": answers}
     report.write_json(run_dir / "eval_after.json", after)
-    print("[align_jax] after: ", _fmt(m))
+    print("[align_jax] after: ", report.fmt_metrics(m))
 
     # ---- 6. artefacts --------------------------------------------------------------------------
     report.plot_curves(run_dir / "metrics.jsonl", run_dir / "curves.png", title="RefAlign safety")
     n = min(12, len(eval_set))
-    table = report.sample_table([_text(r["prompt"]) for r in eval_set[:n]],
+    table = report.sample_table([prompt_text(r["prompt"]) for r in eval_set[:n]],
                                 before["answers"][:n], after["answers"][:n],
                                 {"category": [r.get("category", "") for r in eval_set[:n]]})
-    summary = _summary_table(before["metrics"], after["metrics"])
+    summary = report.summary_table(before["metrics"], after["metrics"])
     (run_dir / "samples.md").write_text(f"# RefAlign safety: before / after\n\n{summary}\n{table}")
     if cfg.export:
         export_hf(policy, tokenizer, run_dir / "export")
     print(summary)
     print(f"[align_jax] done: {run_dir}")
     return {"before": before["metrics"], "after": after["metrics"], "run_dir": str(run_dir)}
-
-
-def _sim_kwargs(cfg: Config, tokenizer, mesh) -> dict:
-    kw = {"special_tokens": list(tokenizer.all_special_tokens)}
-    if cfg.similarity in ("bertscore", "bertscore_f1", "bertscore_p", "bertscore_r",
-                          "embedding_cosine"):
-        kw.update(model=cfg.encoder, num_layers=cfg.bertscore_layers, mesh=mesh)
-    return kw
 
 
 def _data(cfg: Config):
@@ -170,21 +161,6 @@ def _data(cfg: Config):
     benign = [r for r in evals if r.get("category") == "benign"]
     mixed = [x for pair in zip(risky, benign) for x in pair] + risky[len(benign):] + benign[len(risky):]
     return train, mixed[: cfg.eval_prompts]
-
-
-def _text(prompt) -> str:
-    return prompt if isinstance(prompt, str) else " / ".join(m["content"] for m in prompt)
-
-
-def _fmt(m: dict) -> str:
-    return ", ".join(f"{k}={v:.4f}" for k, v in m.items())
-
-
-def _summary_table(before: dict, after: dict) -> str:
-    lines = ["| metric | before | after |", "|---|---|---|"]
-    for k in before:
-        lines.append(f"| {k} | {before[k]:.4f} | {after.get(k, float('nan')):.4f} |")
-    return "\n".join(lines) + "\n"
 
 
 if __name__ == "__main__":

@@ -134,3 +134,30 @@ def test_advantage_components_weighted_sum():
     adv_c, _ = ra.compute_advantages(comps, 2, ra.RefAlignConfig(adv_clip=0.5))
     np.testing.assert_allclose(adv_c, [0.05 + 2.0, -0.05 - 2.0, -0.1, 0.1], atol=1e-6)
     assert stats["reward/sim"] == pytest.approx(0.725)
+
+
+def test_online_simpo_pairs_best_and_worst_and_matches_simpo_formula():
+    from align_jax.algorithms.online_simpo import OnlineSimPOObjective
+
+    obj = OnlineSimPOObjective(k=3, beta=2.0, gamma=1.0)
+    cfg = tiny_cfg()
+    model = Decoder(cfg, rngs=nnx.Rngs(1))
+    tok = tiny_tokenizer()
+    recs = [{"prompt": "w1 w2", "reference": "yes"}, {"prompt": "w3", "reference": "yes"}]
+    ro = ra.rollout(model, tok, recs, jax.random.PRNGKey(0),
+                    SamplingConfig(max_new_tokens=5, prompt_bucket=8), 3)
+    scores = np.array([0.1, 0.9, 0.5, 0.3, 0.3, 0.3], np.float32)  # prompt 1: all tied
+    batch, stats = obj.make_batch(ro, {"sim": (scores, 1.0)})
+    full = ra.train_batch(ro.out, np.zeros(6, np.float32))
+    np.testing.assert_array_equal(batch["input_ids"][0], full["input_ids"][1])  # best of prompt 0
+    np.testing.assert_array_equal(batch["input_ids"][2], full["input_ids"][0])  # worst of prompt 0
+    np.testing.assert_array_equal(batch["pair_valid"], [1.0, 0.0])
+    assert stats["pairs/valid_frac"] == 0.5
+    loss, _ = obj.make_loss_fn()(model, jax.tree.map(jnp.asarray, batch), None)
+    # hand formula on separately computed log-probs: −log σ(β(avg_w − avg_l) − γ) on valid pairs
+    from align_jax.train.logprobs import token_logps
+    lp = np.asarray(token_logps(model, batch["input_ids"], batch["attention_mask"], batch["loss_mask"]))
+    n = batch["loss_mask"][:, 1:].sum(1)
+    avg = lp.sum(1) / n
+    z = 2.0 * (avg[0] - avg[2]) - 1.0
+    assert float(loss) == pytest.approx(float(np.log1p(np.exp(-z))), rel=1e-5)

@@ -60,10 +60,14 @@ def as_record(ex) -> dict:
 
 def train_online(model, tokenizer, examples: Sequence, reward_fn: ra.RewardFn, *,
                  rcfg: ra.RefAlignConfig, sampling: SamplingConfig, optim: OptimConfig,
-                 loop: LoopConfig, run_dir: str | Path, mesh=None, step_callback=None):
-    """Train `model` in place of nothing: returns (final model, final TrainState).
+                 loop: LoopConfig, run_dir: str | Path, mesh=None, step_callback=None,
+                 objective=None):
+    """-> (trained model, final TrainState).
 
-    `examples` are records with at least `prompt` (and whatever `reward_fn` reads)."""
+    `examples` are records with at least `prompt` (and whatever `reward_fn` reads).
+    `objective` turns a scored rollout into a train batch and gives the loss (default: RefAlign's
+    REINFORCE, `ra.ReinforceObjective(rcfg)`; e.g. online SimPO in `algorithms.online_simpo`)."""
+    objective = objective or ra.ReinforceObjective(rcfg)
     run_dir = Path(run_dir)
     records = [as_record(e) for e in examples]
     opt = make_optimizer(optim.name, optim.lr, optim.schedule, optim.warmup_steps, loop.steps,
@@ -81,7 +85,7 @@ def train_online(model, tokenizer, examples: Sequence, reward_fn: ra.RewardFn, *
         loader.load_state_dict(extra["loader"])
         print(f"[align_jax] resumed from {run_dir / 'checkpoints'} at step {start}")
     logger = MetricsLogger(run_dir, resume_step=start if restored is not None else None)
-    step_fn = make_train_step(ra.make_loss_fn(rcfg), opt, bundle, mesh)
+    step_fn = make_train_step(objective.make_loss_fn(), opt, bundle, mesh)
     kl_fn = ra.make_kl_fn(bundle, rcfg.chunk_size) if loop.kl_every else None
     base_key = jax.random.PRNGKey(loop.seed + 1)
 
@@ -96,8 +100,7 @@ def train_online(model, tokenizer, examples: Sequence, reward_fn: ra.RewardFn, *
             t1 = time.perf_counter()
             prompts = [r["prompt"] for r in ro.records]
             comps = reward_fn(prompts, ro.texts, ro.records)
-            adv, stats = ra.compute_advantages(comps, rcfg.k, rcfg)
-            batch = ra.train_batch(ro.out, adv)
+            batch, stats = objective.make_batch(ro, comps)
             t2 = time.perf_counter()
             dev_batch = place_batch(batch, mesh)
             if kl_fn is not None and step % loop.kl_every == 0:

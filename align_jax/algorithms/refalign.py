@@ -66,6 +66,20 @@ def rollout(model, tokenizer, records: Sequence[dict], key, sampling: SamplingCo
     return Rollout(out=out, texts=texts, records=rows)
 
 
+ENCODER_METRICS = ("bertscore", "bertscore_f1", "bertscore_p", "bertscore_r", "embedding_cosine")
+
+
+def make_scorer(name: str, tokenizer, encoder: str | None = None, num_layers: int | None = None,
+                mesh=None):
+    """The similarity S by name; the policy tokenizer's special tokens are stripped first."""
+    from align_jax.rewards.similarity import make_similarity
+
+    kw = {"special_tokens": list(tokenizer.all_special_tokens)}
+    if name in ENCODER_METRICS:
+        kw.update(model=encoder, num_layers=num_layers, mesh=mesh)
+    return make_similarity(name, **kw)
+
+
 def similarity_reward(similarity, reference_key: str = "reference", weight: float = 1.0,
                       length_c: float | None = None) -> RewardFn:
     """`sim` component: S(y, y*) with the chosen metric; optional length factor."""
@@ -154,6 +168,21 @@ def make_loss_fn(cfg: RefAlignConfig):
         return loss, metrics
 
     return loss_fn
+
+
+@dataclasses.dataclass(frozen=True)
+class ReinforceObjective:
+    """RefAlign's update: Σ_c w_c·adv(R_c) broadcast over response tokens, REINFORCE loss.
+    (The online loop takes any object with `make_loss_fn()` and `make_batch(rollout, comps)`.)"""
+
+    cfg: RefAlignConfig
+
+    def make_loss_fn(self):
+        return make_loss_fn(self.cfg)
+
+    def make_batch(self, ro: Rollout, components) -> tuple[dict, dict]:
+        adv, stats = compute_advantages(components, self.cfg.k, self.cfg)
+        return train_batch(ro.out, adv), stats
 
 
 def make_kl_fn(bundle, chunk_size: int | None = None):

@@ -83,3 +83,15 @@ def sample_table(prompts: Sequence[str], before: Sequence[str], after: Sequence[
         row += [_cell(f"{v[i]:.3f}" if isinstance(v[i], float) else v[i]) for v in extra_cols.values()]
         lines.append("| " + " | ".join(row) + " |")
     return "\n".join(lines) + "\n"
+
+
+def fmt_metrics(m: Mapping[str, float]) -> str:
+    return ", ".join(f"{k}={v:.4f}" for k, v in m.items())
+
+
+def summary_table(before: Mapping[str, float], after: Mapping[str, float]) -> str:
+    """Markdown: metric | before | after."""
+    lines = ["| metric | before | after |", "|---|---|---|"]
+    for k in before:
+        lines.append(f"| {k} | {before[k]:.4f} | {after.get(k, float('nan')):.4f} |")
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,267 @@
+"""The offline preference-training loop (DPO family, KTO, RPO, listwise) and the glue the experiment
+files share: policy loading (optionally LoRA), dataset splits, the reference (cached once / per batch /
+adapters off), evaluation before/after, checkpoints + resume, metrics, curves, export.
+
+The step itself is ``preference_step`` (one jitted step per family, any member by config); the
+reference cache and the index→batch logic are in ``reference_cache``.
+
+Resume == uninterrupted: the data order is the loader's (seed, epoch) permutation, its position is
+checkpointed with the train state (every ``save_every`` optimizer updates), the reference is either
+read back from its cache or rebuilt from the INITIAL weights (copied before any checkpoint is
+restored), and the metrics log is truncated to the restored step.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from align_jax.algorithms.preference_step import RefModelBundle, lora_reference, needs_reference
+from align_jax.algorithms.reference_cache import PrefData, precompute_reference
+from align_jax.data.loader import DataLoader
+from align_jax.sharding import place_batch
+from align_jax.train import report
+from align_jax.train.checkpoint import Checkpointer
+from align_jax.train.metrics import MetricsLogger, add_sum_count, compute
+from align_jax.train.optim import make_optimizer
+from align_jax.train.state import create_train_state, has_lora
+from align_jax.train.step import make_eval_step, make_train_step
+
+REFERENCE_MODES = ("cache", "batch")
+CURVE_KEYS = ("train/loss", "train/rewards/accuracies", "train/rewards/margins",
+              "train/rewards/chosen", "train/rewards/rejected", "train/rewards/top1_accuracy",
+              "train/rpo/row_loss", "train/kl", "train/grad_norm", "eval/rewards/accuracies")
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainConfig:
+    steps: int = 20  # optimizer updates
+    batch_size: int = 4  # examples (pairs / items / lists) per micro-batch, global
+    grad_accum: int = 1  # micro-batches per update (optax.MultiSteps averages their gradients)
+    optimizer: str = "adamw"
+    lr: float = 1e-5
+    schedule: str = "cosine"
+    warmup_steps: int = 0
+    weight_decay: float = 0.0
+    grad_clip: float | None = 1.0
+    seed: int = 0
+    save_every: int = 10
+    keep_checkpoints: int = 2
+    eval_every: int = 0  # 0 = evaluate only before and after training
+    progress: bool = True
+
+
+@dataclasses.dataclass
+class TrainResult:
+    policy: Any  # the trained module
+    state: Any  # the final TrainState
+    before: dict[str, float]
+    after: dict[str, float]
+    run_dir: Path
+
+
+# ----------------------------------------------------------------------------- experiment glue
+
+
+def load_policy(model: str | None, *, dtype: str = "float32", mesh=None, lora_rank: int = 0,
+                lora_alpha: float = 16.0, lora_targets: tuple[str, ...] = ("wq", "wv"),
+                remat: bool = False):
+    """(Decoder, tokenizer); ``lora_rank > 0`` adds adapters (only they are trained)."""
+    from align_jax.models import load_causal_lm
+
+    kw: dict[str, Any] = {"remat": remat}
+    if lora_rank:
+        kw.update(lora_rank=lora_rank, lora_alpha=lora_alpha, lora_targets=tuple(lora_targets))
+    model, tok = load_causal_lm(model, dtype=dtype, mesh=mesh, **kw)
+    if tok is None:
+        raise ValueError("the policy has no tokenizer files; preference training needs one")
+    return model, tok
+
+
+def load_splits(bundled: str, data: str | None, data_format: str = "auto",
+                eval_data: str | None = None, eval_frac: float = 0.1, max_eval: int | None = None):
+    """(train, eval) example lists: the bundled set's own splits, or ``data`` (+ ``eval_data``, else
+    the first ``eval_frac`` of ``data`` held out)."""
+    from align_jax.data import load_bundled, load_examples
+
+    if data is None:
+        train, evals = load_bundled(bundled, split="train"), load_bundled(bundled, split="eval")
+    else:
+        rows = load_examples(data, data_format).examples
+        if eval_data:
+            train, evals = rows, load_examples(eval_data, data_format).examples
+        else:
+            cut = max(1, int(len(rows) * eval_frac)) if len(rows) > 1 else 0
+            train, evals = rows[cut:], rows[:cut]
+    return train, (evals[:max_eval] if max_eval else evals)
+
+
+def attach_reference(model, data: PrefData | None, loss_cfg, mode: str, *, batch_size: int = 8,
+                     mesh=None, chunk_size: int | None = None, cache_dir=None,
+                     use_cache: bool = True, compiler_options: dict | None = None):
+    """``mode="cache"``: the reference values of every example, read from / written to the disk
+    cache, attached to ``data`` (call BEFORE training: the step donates the weights). Other modes and
+    reference-free losses return ``data`` unchanged."""
+    if mode not in REFERENCE_MODES:
+        raise ValueError(f"reference must be one of {REFERENCE_MODES}, got {mode!r}")
+    if data is None or mode != "cache" or not needs_reference(loss_cfg):
+        return data
+    ref_model = lora_reference(model) if has_lora(model) else model
+    t0 = time.perf_counter()
+    res = precompute_reference(ref_model, data, batch_size=batch_size, mesh=mesh,
+                               chunk_size=chunk_size, cache_dir=cache_dir, use_cache=use_cache,
+                               compiler_options=compiler_options)
+    how = "reused" if res.hit else f"computed in {time.perf_counter() - t0:.1f}s"
+    print(f"[align_jax] reference log-probs of {len(data)} examples {how}: {res.path}")
+    return data.with_arrays(**res.arrays)
+
+
+# ----------------------------------------------------------------------------- evaluation
+
+
+def _usable_batch(n: int, want: int, mesh) -> int:
+    shards = 1 if mesh is None else int(np.prod([mesh.shape[a] for a in ("data", "fsdp")]))
+    b = min(want, n) // shards * shards
+    if b == 0:
+        raise ValueError(f"{n} examples cannot fill one batch sharded {shards} ways")
+    return b
+
+
+def evaluate(eval_step, state, data: PrefData, batch_size: int, mesh=None) -> dict[str, float]:
+    """Metrics over ``data`` in dataset order (full batches only: fixed shapes; the remainder of
+    fewer than one batch is left out and counted in ``eval/examples``)."""
+    b = _usable_batch(len(data), batch_size, mesh)
+    acc: dict = {}
+    n = len(data) // b * b
+    for s in range(0, n, b):
+        acc = add_sum_count(acc, eval_step(state, place_batch(data.batch(np.arange(s, s + b)),
+                                                              mesh)))
+    out = compute(acc)
+    out["examples"] = float(n)
+    return out
+
+
+def _tokens(batch: dict) -> int:
+    return int(sum(np.asarray(v).sum() for k, v in batch.items() if k.endswith("attention_mask")))
+
+
+# ----------------------------------------------------------------------------- loop
+
+
+def train_preference(model, train: PrefData, loss_fn: Callable, cfg: TrainConfig, run_dir, *,
+                     mesh=None, reference: str = "cache", eval_data: PrefData | None = None,
+                     compiler_options: dict | None = None, name: str = "preference",
+                     step_callback: Callable | None = None) -> TrainResult:
+    """Train ``model`` on ``train`` with ``loss_fn`` (a ``preference_step.make_*_loss_fn``).
+
+    ``reference="batch"`` (full fine-tuning): a frozen copy of the initial weights is forwarded every
+    step. With LoRA the reference is the model with adapters off, and with ``"cache"`` the batches
+    carry precomputed values (see :func:`attach_reference`), so no copy is made in either case."""
+    run_dir = Path(run_dir)
+    opt = make_optimizer(cfg.optimizer, cfg.lr, cfg.schedule, cfg.warmup_steps, cfg.steps,
+                         cfg.weight_decay, cfg.grad_clip, cfg.grad_accum)
+    state, bundle = create_train_state(model, opt, cfg.seed, mesh)
+    if reference == "batch" and not has_lora(model):
+        # copy BEFORE any restore: the reference is the initial model, not the resumed one
+        bundle = RefModelBundle.wrap(bundle, jax.tree.map(jnp.copy, state.params))
+    step_fn = make_train_step(loss_fn, opt, bundle, mesh, compiler_options=compiler_options)
+    eval_step = make_eval_step(loss_fn, bundle, mesh, compiler_options=compiler_options)
+    eval_bs = cfg.batch_size
+
+    before: dict[str, float] = {}
+    before_file = run_dir / "eval_before.json"
+    if eval_data is not None:
+        if before_file.exists():  # resumed run: "before" is the initial policy's
+            before = json.loads(before_file.read_text())
+        else:
+            before = evaluate(eval_step, state, eval_data, eval_bs, mesh)
+            report.write_json(before_file, before)
+        print("[align_jax] eval before:", _fmt(before))
+
+    loader = DataLoader(list(range(len(train))), cfg.batch_size, seed=cfg.seed, shuffle=True,
+                        collate_fn=train.batch)
+    ckpt = Checkpointer(run_dir / "checkpoints", save_every=cfg.save_every,
+                        keep=cfg.keep_checkpoints)
+    start = 0
+    restored = ckpt.restore_latest(state)
+    if restored is not None:
+        state, extra, start = restored
+        loader.load_state_dict(extra["loader"])
+        print(f"[align_jax] resumed from {run_dir / 'checkpoints'} at step {start}")
+    logger = MetricsLogger(run_dir, resume_step=start if restored is not None else None)
+    bar = _progress(cfg, start, name)
+    try:
+        for update in range(start, cfg.steps):
+            t0 = time.perf_counter()
+            acc: dict = {}
+            ntok = 0
+            for _ in range(cfg.grad_accum):
+                hb = next(loader)
+                ntok += _tokens(hb)
+                state, m = step_fn(state, place_batch(hb, mesh))
+                acc = add_sum_count(acc, m)
+            stats = {f"train/{k}": v for k, v in compute(acc).items()}  # syncs the device
+            dt = time.perf_counter() - t0
+            stats.update({"time/step_s": dt, "tokens_per_s": ntok / max(dt, 1e-9),
+                          "epoch": loader.epoch + loader.index / max(loader.steps_per_epoch, 1)})
+            if eval_data is not None and cfg.eval_every and (update + 1) % cfg.eval_every == 0:
+                stats.update({f"eval/{k}": v for k, v in
+                              evaluate(eval_step, state, eval_data, eval_bs, mesh).items()})
+            logger.log(update + 1, stats)
+            ckpt.save(update + 1, state, extra={"loader": loader.state_dict()},
+                      force=update + 1 == cfg.steps)
+            if bar is not None:
+                bar.update(1)
+                bar.set_postfix(loss=f"{stats['train/loss']:.4f}",
+                                acc=f"{stats.get('train/rewards/accuracies', float('nan')):.2f}")
+            if step_callback is not None:
+                step_callback(update + 1, stats)
+    finally:
+        if bar is not None:
+            bar.close()
+        ckpt.close()
+        logger.close()
+
+    after: dict[str, float] = {}
+    if eval_data is not None:
+        after = evaluate(eval_step, state, eval_data, eval_bs, mesh)
+        report.write_json(run_dir / "eval_after.json", after)
+        print("[align_jax] eval after: ", _fmt(after))
+    metrics_file = run_dir / "metrics.jsonl"
+    if metrics_file.exists():
+        rows = [json.loads(x) for x in metrics_file.read_text().splitlines() if x.strip()]
+        keys = [k for k in CURVE_KEYS if rows and any(k in r for r in rows)]
+        if keys:
+            report.plot_curves(metrics_file, run_dir / "curves.png", keys=keys, title=name)
+    policy = (bundle.policy(state.params) if isinstance(bundle, RefModelBundle)
+              else bundle.merge(state.params))
+    return TrainResult(policy, state, before, after, run_dir)
+
+
+def summary_table(before: dict, after: dict, keys=None) -> str:
+    keys = keys or [k for k in before if not k.startswith("time")]
+    lines = ["| eval metric | before | after |", "|---|---|---|"]
+    for k in keys:
+        lines.append(f"| {k} | {before.get(k, float('nan')):.4f} | {after.get(k, float('nan')):.4f} |")
+    return "\n".join(lines) + "\n"
+
+
+def _fmt(m: dict) -> str:
+    return ", ".join(f"{k}={v:.4f}" for k, v in m.items() if k in (
+        "loss", "rewards/accuracies", "rewards/margins", "rewards/top1_accuracy", "rpo/row_loss",
+        "kl", "examples"))
+
+
+def _progress(cfg: TrainConfig, start: int, name: str):
+    if not cfg.progress or jax.process_index() != 0:
+        return None
+    from tqdm.auto import tqdm
+
+    return tqdm(total=cfg.steps, initial=start, desc=name, unit="step", dynamic_ncols=True)
