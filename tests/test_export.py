@@ -12,7 +12,6 @@ import torch
 from flax import nnx
 
 from align_jax.models import Decoder, DecoderConfig, export_hf, hf_io, load_causal_lm
-from align_jax.models.gguf_io import decoder_from_flat
 
 TINY = dict(vocab_size=97, hidden_size=64, intermediate_size=96, num_layers=2, num_heads=4,
             num_kv_heads=2, head_dim=16, max_position_embeddings=128, bos_token_id=1,
@@ -35,7 +34,7 @@ def _random_model(cfg: DecoderConfig) -> Decoder:
     for path, var in nnx.to_flat_state(nnx.state(hf_io.abstract_decoder(cfg))):
         name, shape = ".".join(str(p) for p in path), var.get_value().shape
         flat[name] = ((1.0 if "norm" in name else 0.0) + 0.1 * rng.normal(size=shape)).astype(np.float32)
-    return decoder_from_flat(cfg, flat)
+    return hf_io.build_decoder(cfg, flat)
 
 
 def _tiny_tokenizer():

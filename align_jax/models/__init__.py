@@ -36,29 +36,12 @@ def load_causal_lm(path_or_id: str | os.PathLike | None = None, dtype: str = "fl
 
         model, tok = load_gguf(src, mesh=mesh, **cfg_overrides)
     else:
+        from align_jax.models.hf_io import load_hf_dir
         from align_jax.models.tokenizer import load_hf_tokenizer
 
-        model = _load_hf_weights(src, cfg_overrides, mesh)
+        model = load_hf_dir(src, mesh=mesh, **cfg_overrides)
         tok = load_hf_tokenizer(src)
     return model, tok
-
-
-def _load_hf_weights(src: Path, cfg_overrides: dict, mesh=None):
-    """Like `hf_io.load_hf_dir`, but the Decoder is built straight from the checkpoint arrays
-    instead of random init + overwrite (seconds of init compiles for tiny models, minutes and
-    twice the memory for 7B ones)."""
-    import json
-
-    from align_jax.models import hf_io
-    from align_jax.models.config import DecoderConfig
-    from align_jax.models.gguf_io import decoder_from_flat
-
-    cfg_file = src / "config.json"
-    cfg = DecoderConfig.from_hf(json.loads(cfg_file.read_text()), **cfg_overrides)
-    tensors = hf_io.read_safetensors_dir(src)
-    if not cfg.tie_word_embeddings and "lm_head.weight" not in tensors:
-        cfg = cfg.replace(tie_word_embeddings=True)  # as hf_io.load_hf_dir: no head = tied
-    return decoder_from_flat(cfg, hf_io.hf_to_params(tensors, cfg), mesh=mesh)
 
 
 def export_hf(model, tokenizer, out_dir: str | os.PathLike, dtype: str = "float32") -> Path:

@@ -261,60 +261,10 @@ def load_gguf(path: str | os.PathLike, *, with_tokenizer: bool = True, mesh=None
     ff = next((_dequant(t) for t in reader.tensors if t.name == "rope_freqs.weight"), None)
     cfg = gguf_config(meta, shapes, rope_freqs=ff, **cfg_overrides)
     flat = hf_io.hf_to_params(gguf_to_hf_tensors(reader, cfg), cfg)
-    model = decoder_from_flat(cfg, flat, mesh=mesh)
+    model = hf_io.build_decoder(cfg, flat, mesh=mesh)
     tok = None
     if with_tokenizer:
         from align_jax.models.tokenizer import tokenizer_from_gguf_metadata
 
         tok = tokenizer_from_gguf_metadata(meta, source=str(path))
     return model, tok
-
-
-def decoder_from_flat(cfg: DecoderConfig, flat: dict[str, np.ndarray], mesh=None):
-    """A Decoder holding `flat` (host arrays), built without first drawing random values for
-    every weight (seconds of init compiles for tiny models, minutes and twice the memory for 7B
-    ones). With a `mesh`, each array goes from host memory straight to its shards (rules table),
-    so a model larger than one device's memory never lands whole on one device; multi-host
-    safe (each process transfers only its addressable shards). LoRA adapters absent from `flat`
-    get the Decoder's own init (`_fresh_lora`)."""
-    import jax
-    import jax.numpy as jnp
-    from flax import nnx
-
-    from align_jax.models import hf_io
-
-    graphdef, state = nnx.split(hf_io.abstract_decoder(cfg))
-    items = [(".".join(str(p) for p in path), var) for path, var in nnx.to_flat_state(state)]
-    fresh = _fresh_lora(cfg) if any(n not in flat and "lora_" in n for n, _ in items) else {}
-    for name, var in items:
-        src = flat.get(name, fresh.get(name))
-        if src is None:
-            raise KeyError(f"checkpoint has no value for parameter {name!r}")
-        want = var.get_value()
-        if tuple(np.shape(src)) != tuple(want.shape):
-            raise ValueError(f"parameter {name!r}: checkpoint shape {np.shape(src)} != model {want.shape}")
-        host = np.asarray(src, dtype=want.dtype)
-        if mesh is None:
-            var.set_value(jnp.asarray(host))
-        else:
-            from align_jax.sharding import named_sharding
-
-            sh = named_sharding(var.get_metadata().get("axes"), host.shape, mesh)
-            var.set_value(jax.make_array_from_callback(host.shape, sh, lambda idx, h=host: h[idx]))
-    return nnx.merge(graphdef, state)
-
-
-def _fresh_lora(cfg: DecoderConfig) -> dict:
-    """The LoRA initial values `Decoder(cfg, rngs=nnx.Rngs(0))` would hold. Under jit only the
-    adapters are outputs, so XLA drops the base weights' random draws (never materialised)."""
-    import jax
-    from flax import nnx
-
-    from align_jax.models.llama import Decoder, LoRAParam
-
-    @jax.jit
-    def init():
-        st = nnx.state(Decoder(cfg, rngs=nnx.Rngs(0)), LoRAParam)
-        return {".".join(str(p) for p in path): v.get_value() for path, v in nnx.to_flat_state(st)}
-
-    return init()

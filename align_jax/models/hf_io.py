@@ -125,42 +125,63 @@ def flat_params(model: Decoder) -> dict[str, jax.Array]:
     return flat
 
 
-def load_flat_into(model: Decoder, flat: Mapping[str, np.ndarray]) -> Decoder:
-    """Copy arrays into the model's Variables (cast to each Variable's dtype, shapes checked)."""
-    for path, var in nnx.to_flat_state(nnx.state(model)):
-        name = ".".join(str(p) for p in path)
-        if name not in flat:
-            if "lora_" in name:
-                continue  # fresh adapters on top of a base checkpoint
-            raise KeyError(f"checkpoint has no value for parameter {name!r}")
-        arr = np.asarray(flat[name])
-        cur = var[...]
-        if tuple(arr.shape) != tuple(cur.shape):
-            raise ValueError(f"parameter {name!r}: checkpoint shape {arr.shape} != model {cur.shape}")
-        var[...] = jnp.asarray(arr, dtype=cur.dtype)
-    return model
-
-
 def abstract_decoder(cfg: DecoderConfig) -> Decoder:
-    """A Decoder whose weights are zeros made cheaply (real values are loaded right after)."""
+    """A shape-only Decoder (no arrays allocated, no random draws)."""
     return nnx.eval_shape(lambda: Decoder(cfg, rngs=nnx.Rngs(0)))
 
 
-def build_decoder(cfg: DecoderConfig, flat: Mapping[str, np.ndarray]) -> Decoder:
-    model = Decoder(cfg, rngs=nnx.Rngs(0))
-    return load_flat_into(model, flat)
+def build_decoder(cfg: DecoderConfig, flat: Mapping[str, np.ndarray], mesh=None) -> Decoder:
+    """A Decoder holding `flat` (host arrays), built without first drawing random values for
+    every weight (seconds of init compiles for tiny models, minutes and twice the memory for 7B
+    ones). With a `mesh`, each array goes from host memory straight to its shards (rules table),
+    so a model larger than one device's memory never lands whole on one device; multi-host
+    safe (each process transfers only its addressable shards). LoRA adapters absent from `flat`
+    get the Decoder's own init (`_fresh_lora`)."""
+    graphdef, state = nnx.split(abstract_decoder(cfg))
+    items = [(".".join(str(p) for p in path), var) for path, var in nnx.to_flat_state(state)]
+    fresh = _fresh_lora(cfg) if any(n not in flat and "lora_" in n for n, _ in items) else {}
+    for name, var in items:
+        src = flat.get(name, fresh.get(name))
+        if src is None:
+            raise KeyError(f"checkpoint has no value for parameter {name!r}")
+        want = var.get_value()
+        if tuple(np.shape(src)) != tuple(want.shape):
+            raise ValueError(f"parameter {name!r}: checkpoint shape {np.shape(src)} "
+                             f"!= model {want.shape}")
+        host = np.asarray(src, dtype=want.dtype)
+        if mesh is None:
+            var.set_value(jnp.asarray(host))
+        else:
+            from align_jax.sharding import named_sharding
+
+            sh = named_sharding(var.get_metadata().get("axes"), host.shape, mesh)
+            var.set_value(jax.make_array_from_callback(host.shape, sh, lambda idx, h=host: h[idx]))
+    return nnx.merge(graphdef, state)
 
 
-def load_hf_dir(path: str | os.PathLike, **cfg_overrides) -> Decoder:
+def _fresh_lora(cfg: DecoderConfig) -> dict:
+    """The LoRA initial values `Decoder(cfg, rngs=nnx.Rngs(0))` would hold. Under jit only the
+    adapters are outputs, so XLA drops the base weights' random draws (never materialised)."""
+    from align_jax.models.llama import LoRAParam
+
+    @jax.jit
+    def init():
+        st = nnx.state(Decoder(cfg, rngs=nnx.Rngs(0)), LoRAParam)
+        return {".".join(str(p) for p in path): v.get_value() for path, v in nnx.to_flat_state(st)}
+
+    return init()
+
+
+def load_hf_dir(path: str | os.PathLike, mesh=None, **cfg_overrides) -> Decoder:
     path = Path(path)
     cfg_file = path / "config.json"
     if not cfg_file.exists():
         raise FileNotFoundError(f"{path}: no config.json (not a HF checkpoint dir)")
     cfg = DecoderConfig.from_hf(json.loads(cfg_file.read_text()), **cfg_overrides)
     tensors = read_safetensors_dir(path)
-    if cfg.tie_word_embeddings is False and "lm_head.weight" not in tensors:
-        cfg = cfg.replace(tie_word_embeddings=True)
-    return build_decoder(cfg, hf_to_params(tensors, cfg))
+    if not cfg.tie_word_embeddings and "lm_head.weight" not in tensors:
+        cfg = cfg.replace(tie_word_embeddings=True)  # no separate head in the file = tied
+    return build_decoder(cfg, hf_to_params(tensors, cfg), mesh=mesh)
 
 
 def merged_flat_params(model: Decoder) -> dict[str, np.ndarray]:
