@@ -90,6 +90,7 @@ def train_online(model, tokenizer, examples: Sequence, reward_fn: ra.RewardFn, *
     base_key = jax.random.PRNGKey(loop.seed + 1)
 
     bar = _progress(loop, start)
+    last_kl = float("nan")
     try:
         for step in range(start, loop.steps):
             t0 = time.perf_counter()
@@ -105,7 +106,7 @@ def train_online(model, tokenizer, examples: Sequence, reward_fn: ra.RewardFn, *
             dev_batch = place_batch(batch, mesh)
             if kl_fn is not None and step % loop.kl_every == 0:
                 kl_sum, n = kl_fn(init_params, dev_batch)
-                stats["kl_to_init"] = float(kl_sum) / max(float(n), 1.0)
+                stats["kl_to_init"] = last_kl = float(kl_sum) / max(float(n), 1.0)
             acc = None
             for _ in range(rcfg.updates_per_rollout):
                 state, m = step_fn(state, dev_batch)
@@ -123,7 +124,7 @@ def train_online(model, tokenizer, examples: Sequence, reward_fn: ra.RewardFn, *
                 bar.update(1)
                 bar.set_postfix(reward=f"{_main_reward(stats):.4f}",
                                 len=f"{stats['len/mean']:.1f}",
-                                kl=f"{stats.get('kl_to_init', float('nan')):.4f}")
+                                kl=f"{last_kl:.4f}")
             if step_callback is not None:
                 step_callback(step + 1, stats, ro)
     finally:

@@ -53,7 +53,8 @@ class OnlineSimPOObjective:
         valid = r_pk.max(1) > r_pk.min(1)
         rows = np.concatenate([np.arange(P) * self.k + best, np.arange(P) * self.k + worst])
         full = train_batch(ro.out, np.zeros(P * self.k, np.float32))
-        batch = {k: full[k][rows] for k in ("input_ids", "attention_mask", "loss_mask")}
+        keys = ("input_ids", "attention_mask", "loss_mask", "old_logps")
+        batch = {k: full[k][rows] for k in keys}
         batch["pair_valid"] = valid.astype(np.float32)
         stats = {f"reward/{self.rank_by}": float(r_pk.mean()),
                  "pairs/valid_frac": float(valid.mean()),

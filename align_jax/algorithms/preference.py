@@ -70,6 +70,109 @@ class TrainResult:
 # ----------------------------------------------------------------------------- experiment glue
 
 
+@dataclasses.dataclass(frozen=True)
+class ExperimentConfig:
+    """Fields every preference experiment shares (each experiment file subclasses it with its loss
+    knobs). Defaults: SmolLM2-135M-Instruct + a bundled dataset, sized for a 2-core CPU."""
+
+    model: str | None = None  # None = SmolLM2-135M-Instruct GGUF (offline default); HF dir / id
+    dtype: str = "float32"
+    lora_rank: int = 0  # > 0: train LoRA adapters only; the reference is the adapters-off model
+    lora_alpha: float = 16.0
+    lora_targets: tuple[str, ...] = ("wq", "wv")
+    remat: bool = False
+    data: str | None = None  # None = the bundled set; else JSONL / Parquet / HF dir (data_format)
+    data_format: str = "auto"
+    eval_data: str | None = None  # None = the bundled eval split / the first 10% of `data`
+    max_examples: int | None = 64  # training examples kept (CPU default); None = all
+    eval_examples: int | None = 8  # held-out examples evaluated before/after; None = all
+    reference: str = "cache"  # cache (precomputed once, on disk) | batch (forwarded every step)
+    cache_dir: str | None = None  # None = $ALIGN_JAX_CACHE or ~/.cache/align_jax
+    ref_batch_size: int = 8
+    max_prompt_len: int = 64
+    max_completion_len: int = 64
+    pad_multiple: int = 32
+    fixed_length: bool = True  # pad every batch to the dataset's longest: one shape, one compile
+    chunk_size: int | None = None  # log-prob chunking over the sequence (big vocabularies)
+    steps: int = 6  # optimizer updates
+    batch_size: int = 4
+    grad_accum: int = 1
+    optimizer: str = "adamw"
+    lr: float = 1e-5
+    schedule: str = "cosine"
+    warmup_steps: int = 0
+    weight_decay: float = 0.0
+    grad_clip: float | None = 1.0
+    mesh: str = "-1,1,1"
+    seed: int = 0
+    save_every: int = 50
+    eval_every: int = 0
+    out_dir: str | None = None  # re-using a run dir resumes it
+    export: bool = False  # HF safetensors + tokenizer of the final policy in <run>/export
+
+    def train_config(self) -> "TrainConfig":
+        return TrainConfig(steps=self.steps, batch_size=self.batch_size, grad_accum=self.grad_accum,
+                           optimizer=self.optimizer, lr=self.lr, schedule=self.schedule,
+                           warmup_steps=self.warmup_steps, weight_decay=self.weight_decay,
+                           grad_clip=self.grad_clip, seed=self.seed, save_every=self.save_every,
+                           eval_every=self.eval_every)
+
+    def tokenize_config(self):
+        from align_jax.data import TokenizeConfig
+
+        return TokenizeConfig(max_prompt_len=self.max_prompt_len,
+                              max_completion_len=self.max_completion_len,
+                              pad_multiple=self.pad_multiple)
+
+
+def run_experiment(name: str, cfg: ExperimentConfig, loss_cfg, kind: str, train_examples,
+                   eval_examples, *, kl: bool = False,
+                   attach: Callable[[PrefData], PrefData] | None = None) -> dict:
+    """Load the policy, build the datasets, attach the reference (and ``attach``'s arrays, e.g.
+    RPO prompt embeddings), train, evaluate, plot, optionally export. Returns a summary dict."""
+    from align_jax import sharding
+    from align_jax.algorithms.preference_step import make_loss_fn
+    from align_jax.cli import config_dict
+
+    sharding.maybe_initialize_distributed()
+    mesh = sharding.make_mesh(cfg.mesh)
+    run_dir = report.make_run_dir(name, cfg.out_dir)
+    print(f"[align_jax] run directory: {run_dir}")
+    report.write_json(run_dir / "config.json", {"experiment": config_dict(cfg),
+                                                "loss": dataclasses.asdict(loss_cfg)})
+    model, tok = load_policy(cfg.model, dtype=cfg.dtype, mesh=mesh, lora_rank=cfg.lora_rank,
+                             lora_alpha=cfg.lora_alpha, lora_targets=cfg.lora_targets,
+                             remat=cfg.remat)
+    train_examples = list(train_examples)[: cfg.max_examples or None]
+    eval_examples = list(eval_examples)[: cfg.eval_examples or None]
+    print(f"[align_jax] {len(train_examples)} training / {len(eval_examples)} held-out examples")
+    tcfg = cfg.tokenize_config()
+    train = PrefData(kind, train_examples, tok, tcfg, kl=kl, kl_seed=cfg.seed)
+    evald = PrefData(kind, eval_examples, tok, tcfg, kl=kl, kl_seed=cfg.seed) if eval_examples else None
+    if cfg.fixed_length:
+        length = max([train.max_length()] + ([evald.max_length()] if evald is not None else []))
+        train = dataclasses.replace(train, length=length)
+        evald = dataclasses.replace(evald, length=length) if evald is not None else None
+    if attach is not None:
+        train = attach(train)
+        evald = attach(evald) if evald is not None else None
+    kw = dict(batch_size=cfg.ref_batch_size, mesh=mesh, chunk_size=cfg.chunk_size,
+              cache_dir=cfg.cache_dir)
+    train = attach_reference(model, train, loss_cfg, cfg.reference, **kw)
+    evald = attach_reference(model, evald, loss_cfg, cfg.reference, **kw)
+    res = train_preference(model, train, make_loss_fn(loss_cfg, cfg.chunk_size), cfg.train_config(),
+                           run_dir, mesh=mesh, reference=cfg.reference, eval_data=evald, name=name)
+    table = summary_table(res.before, res.after) if res.before else ""
+    (run_dir / "summary.md").write_text(f"# {name}: held-out metrics before / after\n\n{table}")
+    if cfg.export:
+        from align_jax.models import export_hf
+
+        export_hf(res.policy, tok, run_dir / "export")
+    print(table)
+    print(f"[align_jax] done: {run_dir}")
+    return {"before": res.before, "after": res.after, "run_dir": str(run_dir)}
+
+
 def load_policy(model: str | None, *, dtype: str = "float32", mesh=None, lora_rank: int = 0,
                 lora_alpha: float = 16.0, lora_targets: tuple[str, ...] = ("wq", "wv"),
                 remat: bool = False):
@@ -165,6 +268,7 @@ def train_preference(model, train: PrefData, loss_fn: Callable, cfg: TrainConfig
     step. With LoRA the reference is the model with adapters off, and with ``"cache"`` the batches
     carry precomputed values (see :func:`attach_reference`), so no copy is made in either case."""
     run_dir = Path(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
     opt = make_optimizer(cfg.optimizer, cfg.lr, cfg.schedule, cfg.warmup_steps, cfg.steps,
                          cfg.weight_decay, cfg.grad_clip, cfg.grad_accum)
     state, bundle = create_train_state(model, opt, cfg.seed, mesh)

@@ -18,6 +18,7 @@ the hit/miss decision is process 0's, broadcast, so all processes take the same 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import json
 import logging
@@ -197,7 +198,9 @@ class PrefData:
     """Examples of one kind + how to tokenise them; ``batch(indices)`` builds a numpy batch.
 
     ``arrays``: per-example extras [N, ...] added to every batch by index (``ref_*``, ``emb``).
-    ``kl`` (unpaired): add the mismatched-pair rows ``kl_{input_ids,attention_mask,loss_mask}``."""
+    ``kl`` (unpaired): add the mismatched-pair rows ``kl_{input_ids,attention_mask,loss_mask}``.
+    ``length``: pad every batch's sequence axis to this T (e.g. :meth:`max_length`: one shape for
+    the whole dataset = one compile; right padding never changes a log-prob)."""
 
     kind: str
     examples: Sequence
@@ -206,6 +209,7 @@ class PrefData:
     kl: bool = False
     kl_seed: int = 0
     arrays: dict[str, np.ndarray] = dataclasses.field(default_factory=dict)
+    length: int | None = None
 
     def __post_init__(self):
         if self.kind not in KINDS:
@@ -231,6 +235,16 @@ class PrefData:
                 raise ValueError(f"array {k!r} has shape {np.shape(v)}, expected [{len(self)}, ...]")
         return dataclasses.replace(self, arrays={**self.arrays, **arrays})
 
+    def max_length(self, chunk: int = 256) -> int:
+        """The longest padded T any batch of this dataset gets (tokenises everything once)."""
+        plain = dataclasses.replace(self, arrays={}, length=None)
+        return max(plain.batch(np.arange(s, min(s + chunk, len(self))))[self._ids_key].shape[-1]
+                   for s in range(0, len(self), chunk))
+
+    @property
+    def _ids_key(self) -> str:
+        return "chosen_input_ids" if self.kind == "pair" else "input_ids"
+
     def fingerprint(self) -> str:
         return _combine({"kind": self.kind, "examples": examples_fingerprint(self.examples),
                          "tokenizer": tokenizer_fingerprint(self.tokenizer),
@@ -246,9 +260,22 @@ class PrefData:
             out = ranked_batch(self.tokenizer, items, self.tok_cfg)
         else:
             out = self._unpaired(items, idx)
+        if self.length is not None:
+            out = self._pad_length(out, self.length)
         if extras:
             for k, v in self.arrays.items():
                 out[k] = np.asarray(v)[idx]
+        return out
+
+    def _pad_length(self, out: dict, length: int) -> dict:
+        t = out[self._ids_key].shape[-1]
+        if t > length:
+            raise ValueError(f"a batch has length {t} > the fixed length {length}")
+        pad_id = pad_id_of(self.tokenizer)
+        for k, v in out.items():
+            if k.endswith(("input_ids", "attention_mask", "loss_mask")) and t < length:
+                width = [(0, 0)] * (v.ndim - 1) + [(0, length - t)]
+                out[k] = np.pad(v, width, constant_values=pad_id if k.endswith("input_ids") else 0)
         return out
 
     def _unpaired(self, items, idx) -> dict[str, np.ndarray]:
@@ -280,22 +307,28 @@ def _batch_shards(mesh) -> int:
     return int(np.prod([mesh.shape[a] for a in ("data", "fsdp") if a in mesh.shape]))
 
 
-def compute_reference(ref_model, data: PrefData, *, batch_size: int = 8, mesh=None,
-                      chunk_size: int | None = None, compiler_options: dict | None = None
-                      ) -> dict[str, np.ndarray]:
-    """Reference values of every example, in dataset order (no cache). The last batch is padded
-    with repeats of its last example (fixed shapes), and the padding rows are dropped."""
+@functools.lru_cache(maxsize=16)
+def _reference_jit(graphdef, kind: str, chunk_size, mesh, compiler_options: tuple):
+    """One jitted reference forward per (model structure, kind, ...): the train and eval passes
+    share compiled code when their shapes agree."""
     from align_jax.algorithms.preference_step import reference_values
     from align_jax.sharding import use_mesh
-
-    graphdef, state = nnx.split(ref_model)
-    kind = data.kind
 
     def fn(st, batch):
         with use_mesh(mesh):
             return reference_values(nnx.merge(graphdef, st), batch, kind, chunk_size)
 
-    jitted = jax.jit(fn, compiler_options=compiler_options)
+    return jax.jit(fn, compiler_options=dict(compiler_options) or None)
+
+
+def compute_reference(ref_model, data: PrefData, *, batch_size: int = 8, mesh=None,
+                      chunk_size: int | None = None, compiler_options: dict | None = None
+                      ) -> dict[str, np.ndarray]:
+    """Reference values of every example, in dataset order (no cache). The last batch is padded
+    with repeats of its last example (fixed shapes), and the padding rows are dropped."""
+    graphdef, state = nnx.split(ref_model)
+    jitted = _reference_jit(graphdef, data.kind, chunk_size, mesh,
+                            tuple(sorted((compiler_options or {}).items())))
     shards = _batch_shards(mesh)
     bs = -(-max(batch_size, 1) // shards) * shards
     pc, pi = jax.process_count(), jax.process_index()
