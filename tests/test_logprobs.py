@@ -113,7 +113,8 @@ def test_chunked_gradient_equals_unchunked(tiny):
 
     def loss(p, chunk):
         m = bundle.merge(p)
-        return lpm.sequence_logps(m, tiny["ids"], tiny["am"], tiny["lm"], chunk_size=chunk).sum_b.sum()
+        seq = lpm.sequence_logps(m, tiny["ids"], tiny["am"], tiny["lm"], chunk_size=chunk)
+        return seq.sum_b.sum()
 
     g = jax.jit(lambda p: (jax.grad(loss)(p, None), jax.grad(loss)(p, 3)),
                 compiler_options=FAST_COMPILE)(params)

@@ -1,4 +1,5 @@
-"""LoRA training: only adapters move, LoRA-off is the base model, merged export equals base+adapter."""
+"""LoRA training: only adapters move, LoRA-off is the base model, the merged export equals
+the base+adapter forward."""
 
 import jax
 import numpy as np

@@ -1,4 +1,5 @@
-"""Checkpoints: an orbax ``CheckpointManager`` wrapper (every N steps, keep last K, atomic, sharded).
+"""Checkpoints: an orbax ``CheckpointManager`` wrapper (every N steps, keep last K, atomic,
+sharded).
 
 Each step directory holds two items written in ONE orbax save (so they are committed together):
 ``state`` (the TrainState pytree, sharded arrays via tensorstore/OCDBT) and ``extra`` (a JSON of

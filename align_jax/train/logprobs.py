@@ -4,8 +4,8 @@ Alignment (labels shifted by one, as in TRL/HF): for ids of length T the output 
 
     logps_bt[:, t] = log p(ids[:, t+1] | ids[:, :t+1])        t = 0 .. T-2
 
-so it lines up with ``mask_bt = loss_mask[:, 1:]``: a response token at position j (loss_mask[:, j]=1)
-is scored by column j-1. Columns whose target is not a response token are returned as exactly 0, so
+so it lines up with ``mask_bt = loss_mask[:, 1:]``: a response token at position j
+(loss_mask[:, j] = 1) is scored by column j-1. Columns whose target is not a response token are returned as exactly 0, so
 ``logps_bt.sum(-1)`` is already the response log-likelihood. Everything is float32 log_softmax.
 
 Memory: a 128k vocab makes [B,T,V] float32 logits the biggest tensor of a step. With ``chunk_size``

@@ -104,7 +104,8 @@ def make_optimizer(name: str = "adamw", lr: float = 1e-5, schedule: str = "cosin
         base = (optax.rmsprop(sched, decay=b2, eps=eps) if name == "rmsprop"
                 else optax.sgd(sched, momentum=None))
         # Decoupled decay (lr * wd * w), applied like AdamW's.
-        opt = optax.chain(base, _decoupled_decay(weight_decay, sched, mask)) if weight_decay else base
+        opt = (optax.chain(base, _decoupled_decay(weight_decay, sched, mask)) if weight_decay
+               else base)
     else:
         raise ValueError(f"optimizer {name!r}; expected adamw, adafactor, rmsprop or sgd")
     if grad_clip:
@@ -135,6 +136,7 @@ def lr_metric(optimizer, opt_state, step):
     sched = getattr(optimizer, "schedule", None)
     if sched is None:
         return None
-    k = getattr(optimizer, "grad_accum", 1)
-    count = opt_state.gradient_step if isinstance(opt_state, optax.MultiStepsState) else step
-    return sched(count if k > 1 else step)
+    # Under MultiSteps the schedule runs on real updates (its inner count), not on micro-steps.
+    if isinstance(opt_state, optax.MultiStepsState):
+        return sched(opt_state.gradient_step)
+    return sched(step)

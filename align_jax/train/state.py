@@ -144,7 +144,8 @@ def abstract_train_state(state: TrainState, mesh: Mesh | None = None):
     shapes = jax.eval_shape(lambda s: s, state)
     if mesh is None:
         return jax.tree.map(
-            lambda x, a: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=getattr(a, "sharding", None)),
+            lambda x, a: jax.ShapeDtypeStruct(x.shape, x.dtype,
+                                              sharding=getattr(a, "sharding", None)),
             shapes, state)
     sh = tree_shardings(state, mesh)
     return jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), shapes, sh)
