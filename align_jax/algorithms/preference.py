@@ -84,7 +84,7 @@ class ExperimentConfig:
     data: str | None = None  # None = the bundled set; else JSONL / Parquet / HF dir (data_format)
     data_format: str = "auto"
     eval_data: str | None = None  # None = the bundled eval split / the first 10% of `data`
-    max_examples: int | None = 64  # training examples kept (CPU default); None = all
+    max_examples: int | None = 32  # training examples kept (CPU default); None = all
     eval_examples: int | None = 8  # held-out examples evaluated before/after; None = all
     reference: str = "cache"  # cache (precomputed once, on disk) | batch (forwarded every step)
     cache_dir: str | None = None  # None = $ALIGN_JAX_CACHE or ~/.cache/align_jax
@@ -94,7 +94,7 @@ class ExperimentConfig:
     pad_multiple: int = 32
     fixed_length: bool = True  # pad every batch to the dataset's longest: one shape, one compile
     chunk_size: int | None = None  # log-prob chunking over the sequence (big vocabularies)
-    steps: int = 6  # optimizer updates
+    steps: int = 8  # optimizer updates
     batch_size: int = 4
     grad_accum: int = 1
     optimizer: str = "adamw"
@@ -160,7 +160,9 @@ def run_experiment(name: str, cfg: ExperimentConfig, loss_cfg, kind: str, train_
               cache_dir=cfg.cache_dir)
     train = attach_reference(model, train, loss_cfg, cfg.reference, **kw)
     evald = attach_reference(model, evald, loss_cfg, cfg.reference, **kw)
-    res = train_preference(model, train, make_loss_fn(loss_cfg, cfg.chunk_size), cfg.train_config(),
+    # the LM head only on response positions: responses are truncated to max_completion_len
+    loss_fn = make_loss_fn(loss_cfg, cfg.chunk_size, completion_len=cfg.max_completion_len)
+    res = train_preference(model, train, loss_fn, cfg.train_config(),
                            run_dir, mesh=mesh, reference=cfg.reference, eval_data=evald, name=name)
     table = summary_table(res.before, res.after) if res.before else ""
     (run_dir / "summary.md").write_text(f"# {name}: held-out metrics before / after\n\n{table}")
@@ -247,8 +249,15 @@ def evaluate(eval_step, state, data: PrefData, batch_size: int, mesh=None) -> di
         acc = add_sum_count(acc, eval_step(state, place_batch(data.batch(np.arange(s, s + b)),
                                                               mesh)))
     out = compute(acc)
+    _check_overflow(out.get("tokens/overflow", 0.0))
     out["examples"] = float(n)
     return out
+
+
+def _check_overflow(n: float) -> None:
+    if n > 0:  # never drop response tokens silently
+        raise ValueError(f"{n:g} response tokens fell outside the loss_fn's completion_len window; "
+                         "set it to at least the tokeniser's max_completion_len (or None)")
 
 
 def _tokens(batch: dict) -> int:
@@ -312,6 +321,7 @@ def train_preference(model, train: PrefData, loss_fn: Callable, cfg: TrainConfig
                 state, m = step_fn(state, place_batch(hb, mesh))
                 acc = add_sum_count(acc, m)
             stats = {f"train/{k}": v for k, v in compute(acc).items()}  # syncs the device
+            _check_overflow(stats.get("train/tokens/overflow", 0.0))
             dt = time.perf_counter() - t0
             stats.update({"time/step_s": dt, "tokens_per_s": ntok / max(dt, 1e-9),
                           "epoch": loader.epoch + loader.index / max(loader.steps_per_epoch, 1)})
@@ -323,8 +333,10 @@ def train_preference(model, train: PrefData, loss_fn: Callable, cfg: TrainConfig
                       force=update + 1 == cfg.steps)
             if bar is not None:
                 bar.update(1)
+                acc_key = next((k for k in ("train/rewards/accuracies",
+                                            "train/rewards/top1_accuracy") if k in stats), None)
                 bar.set_postfix(loss=f"{stats['train/loss']:.4f}",
-                                acc=f"{stats.get('train/rewards/accuracies', float('nan')):.2f}")
+                                acc=f"{stats[acc_key]:.2f}" if acc_key else "-")
             if step_callback is not None:
                 step_callback(update + 1, stats)
     finally:
@@ -350,7 +362,7 @@ def train_preference(model, train: PrefData, loss_fn: Callable, cfg: TrainConfig
 
 
 def summary_table(before: dict, after: dict, keys=None) -> str:
-    keys = keys or [k for k in before if not k.startswith("time")]
+    keys = keys or [k for k in before if not k.startswith(("time", "tokens/"))]
     lines = ["| eval metric | before | after |", "|---|---|---|"]
     for k in keys:
         lines.append(f"| {k} | {before.get(k, float('nan')):.4f} | {after.get(k, float('nan')):.4f} |")

@@ -229,6 +229,11 @@ class PrefData:
     def __len__(self) -> int:
         return len(self.examples)
 
+    @property
+    def kl_partners(self) -> np.ndarray | None:
+        """Unpaired data with ``kl``: index of the example whose completion forms row i's KL pair."""
+        return self._partner
+
     def with_arrays(self, **arrays: np.ndarray) -> "PrefData":
         for k, v in arrays.items():
             if np.shape(v)[:1] != (len(self),):
