@@ -55,18 +55,23 @@ class Config:
     harmless_weight: float = 4.0
     classifier_path: str | None = None
     classifier_label: int = 0
+    # LoRA keeps the 2-core default inside minutes; lora_rank=0 = full fine-tuning (the paper)
+    lora_rank: int = 16
+    lora_alpha: float = 32.0
+    lora_targets: tuple[str, ...] = ("wq", "wk", "wv", "wo", "w_gate", "w_up", "w_down")
     k: int = 2
     advantage: str = "mean"
     adv_clip: float | None = None
     length_c: float | None = None
-    steps: int = 40
+    steps: int = 30
     prompts_per_step: int = 4
-    lr: float = 2e-5
+    lr: float = 2e-4
     grad_clip: float = 1.0
     max_new_tokens: int = 48
     temperature: float = 1.0
     top_p: float = 1.0
-    eval_prompts: int = 32
+    prompt_bucket: int = 16
+    eval_prompts: int = 24
     eval_max_new_tokens: int = 48
     mesh: str = "-1,1,1"
     seed: int = 0
@@ -85,7 +90,9 @@ def main(argv: list[str]) -> dict:
     report.write_json(run_dir / "config.json", config_dict(cfg))
 
     # ---- 2. model ----------------------------------------------------------------------------
-    policy, tokenizer = load_causal_lm(cfg.model, dtype=cfg.dtype, mesh=mesh)
+    policy, tokenizer = load_causal_lm(cfg.model, dtype=cfg.dtype, mesh=mesh,
+                                       lora_rank=cfg.lora_rank, lora_alpha=cfg.lora_alpha,
+                                       lora_targets=cfg.lora_targets)
 
     # ---- 3. reward: similarity to the safe reference + weighted harmless score ---------------
     similarity = ra.make_scorer(cfg.similarity, tokenizer, cfg.encoder, cfg.bertscore_layers, mesh)
@@ -101,7 +108,8 @@ def main(argv: list[str]) -> dict:
     print(f"[align_jax] {len(train_set)} training prompts, {len(eval_set)} held-out prompts")
 
     # ---- 5. evaluate, train, evaluate ----------------------------------------------------------
-    eval_sampling = SamplingConfig(max_new_tokens=cfg.eval_max_new_tokens, greedy=True)
+    eval_sampling = SamplingConfig(max_new_tokens=cfg.eval_max_new_tokens, greedy=True,
+                                   prompt_bucket=cfg.prompt_bucket)
     before_file = run_dir / "eval_before.json"
     if before_file.exists():  # resumed run: the "before" numbers are from the initial policy
         before = json.loads(before_file.read_text())
@@ -117,7 +125,7 @@ def main(argv: list[str]) -> dict:
         rcfg=ra.RefAlignConfig(k=cfg.k, advantage=cfg.advantage, adv_clip=cfg.adv_clip,
                                length_c=cfg.length_c),
         sampling=SamplingConfig(max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature,
-                                top_p=cfg.top_p),
+                                top_p=cfg.top_p, prompt_bucket=cfg.prompt_bucket),
         optim=OptimConfig(lr=cfg.lr, grad_clip=cfg.grad_clip),
         loop=LoopConfig(steps=cfg.steps, prompts_per_step=cfg.prompts_per_step, seed=cfg.seed,
                         save_every=cfg.save_every, kl_every=cfg.kl_every),

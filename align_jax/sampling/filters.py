@@ -56,44 +56,45 @@ def _top_p_threshold(sorted_desc, p):
     return jnp.take_along_axis(sorted_desc, n_keep - 1, axis=-1)
 
 
-def _order_keys(x):
-    """uint32 keys with the same order as the float32 values (bit trick: flip negatives)."""
-    bits = jax.lax.bitcast_convert_type(x.astype(jnp.float32), jnp.uint32)
-    return jnp.where((bits >> 31) == 1, ~bits, bits | jnp.uint32(0x80000000))
-
-
 def top_p_filter(logits, p):
     """Nucleus filter: keep the smallest set of top tokens whose mass reaches p (>= 1 token).
 
     Exact, without sorting the vocabulary (a [B, V] sort dominated the CPU decode step): the
-    cut is the largest logit t with mass{logit >= t} >= p, found by a 32-step bisection over
-    the float32 values' order-preserving integer keys (each step one masked sum over V)."""
+    cut is the largest probability t with mass{prob >= t} >= p, found by a 30-step bisection
+    over the bit patterns of the float32 probabilities (for non-negative floats the bits, read
+    as int32, are ordered like the values); each step is one masked sum over V. The top token
+    always qualifies, so at least one token is kept."""
     if _is_const(p, 1.0):
         return logits
     probs = jax.nn.softmax(logits, axis=-1)
-    key = _order_keys(logits)
-    lo, hi = jnp.min(key, axis=-1), jnp.max(key, axis=-1)
+    bits = jax.lax.bitcast_convert_type(probs, jnp.int32)
+    lo, hi = jnp.zeros(bits.shape[:-1], jnp.int32), jnp.max(bits, axis=-1)
 
     def step(_, lo_hi):
-        # invariant: mass{key >= lo} >= p (or lo is the minimum: keep all), answer in [lo, hi]
+        # invariant: mass{bits >= lo} >= p (or lo = 0: keep all), the answer is in [lo, hi]
         lo, hi = lo_hi
         mid = lo + (hi - lo + 1) // 2
-        ok = jnp.sum(jnp.where(key >= mid[..., None], probs, 0.0), axis=-1) >= p
+        ok = jnp.sum(jnp.where(bits >= mid[..., None], probs, 0.0), axis=-1) >= p
         return jnp.where(ok, mid, lo), jnp.where(ok, hi, mid - 1)
 
-    lo, _ = jax.lax.fori_loop(0, 32, step, (lo, hi))
-    return jnp.where(key < lo[..., None], NEG_INF, logits)
+    # probs <= 1.0, whose bits are 0x3F800000 < 2**30: 30 halvings pin the exact pattern
+    lo, _ = jax.lax.fori_loop(0, 30, step, (lo, hi))
+    return jnp.where(bits < lo[..., None], NEG_INF, logits)
 
 
-def categorical(key, logits, block: int = 128):
+def categorical(key, logits, block: int = 128, lse=None):
     """One draw per row from softmax(logits) by two-level inverse-CDF sampling.
 
     Uses ONE uniform per row instead of V Gumbels (threefry over [B, V] cost half a CPU decode
     step), and only short cumsums: pick a block of `block` tokens by its mass, then a token
-    inside it. Tokens with probability 0 (filtered, -inf) are never returned."""
+    inside it. Tokens with probability 0 (filtered, -inf) are never returned. `lse` (the
+    logsumexp of `logits`, if the caller has it) saves a pass over the vocabulary."""
     V = logits.shape[-1]
     nb = -(-V // block)
-    probs = jax.nn.softmax(logits.astype(jnp.float32), axis=-1)
+    logits = logits.astype(jnp.float32)
+    if lse is None:
+        lse = jax.nn.logsumexp(logits, axis=-1)
+    probs = jnp.exp(logits - lse[..., None])
     if nb * block != V:
         probs = jnp.pad(probs, [(0, 0)] * (probs.ndim - 1) + [(0, nb * block - V)])
     pb = probs.reshape(probs.shape[:-1] + (nb, block))
@@ -156,13 +157,15 @@ def sample_logits(key, logits, *, greedy: bool = False, temperature=1.0, top_k: 
         temperature = 1.0  # T=0 means greedy; report logp at T=1
     proc = process_logits(logits, temperature=temperature, top_k=top_k, top_p=top_p,
                           min_p=min_p)
+    # log-probs as gathered logit - logsumexp: no [B, V] log_softmax arrays on the hot path
+    lse = jax.nn.logsumexp(proc, axis=-1)
     argmax = lambda: jnp.argmax(logits, axis=-1).astype(jnp.int32)
-    draw = lambda: categorical(key, proc)
+    draw = lambda: categorical(key, proc, lse=lse)
     if isinstance(greedy, bool):
         tok = argmax() if greedy else draw()
     else:
         tok = jax.lax.cond(greedy, argmax, draw)
-    logp = jnp.take_along_axis(jax.nn.log_softmax(proc, axis=-1), tok[..., None], axis=-1)[..., 0]
-    logp_raw = jnp.take_along_axis(jax.nn.log_softmax(logits, axis=-1), tok[..., None],
-                                   axis=-1)[..., 0]
+    pick = lambda x: jnp.take_along_axis(x, tok[..., None], axis=-1)[..., 0]
+    logp = pick(proc) - lse
+    logp_raw = pick(logits) - jax.nn.logsumexp(logits, axis=-1)
     return tok, logp, logp_raw

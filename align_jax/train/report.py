@@ -36,9 +36,9 @@ def plot_curves(metrics_jsonl: str | Path, out_png: str | Path,
     if not rows:
         return None
     if keys is None:
-        keys = [k for k in rows[-1] if k.startswith("reward/") and not k.endswith("_std")]
-        keys += [k for k in ("len/mean", "kl_to_init", "train/loss", "train/entropy")
-                 if k in rows[-1]]
+        seen = {k for r in rows for k in r}  # some metrics (KL) are logged every N steps only
+        keys = sorted(k for k in seen if k.startswith("reward/") and not k.endswith("_std"))
+        keys += [k for k in ("len/mean", "kl_to_init", "train/loss", "train/entropy") if k in seen]
     keys = [k for k in keys if any(k in r for r in rows)]
     n = len(keys)
     cols = min(3, n)
