@@ -21,7 +21,7 @@ from align_jax.algorithms import refalign as ra
 from align_jax.data.loader import DataLoader
 from align_jax.sampling.sampler import SamplingConfig
 from align_jax.sharding import place_batch
-from align_jax.train.checkpoint import Checkpointer
+from align_jax.train.checkpoint import Checkpointer, resume
 from align_jax.train.metrics import MetricsLogger, compute
 from align_jax.train.optim import make_optimizer
 from align_jax.train.state import create_train_state
@@ -78,13 +78,8 @@ def train_online(model, tokenizer, examples: Sequence, reward_fn: ra.RewardFn, *
     loader = DataLoader(records, loop.prompts_per_step, seed=loop.seed, shuffle=True)
     ckpt = Checkpointer(run_dir / "checkpoints", save_every=loop.save_every,
                         keep=loop.keep_checkpoints)
-    start = 0
-    restored = ckpt.restore_latest(state)
-    if restored is not None:
-        state, extra, start = restored
-        loader.load_state_dict(extra["loader"])
-        print(f"[align_jax] resumed from {run_dir / 'checkpoints'} at step {start}")
-    logger = MetricsLogger(run_dir, resume_step=start if restored is not None else None)
+    state, start, resumed = resume(ckpt, state, loader)
+    logger = MetricsLogger(run_dir, resume_step=start if resumed else None)
     step_fn = make_train_step(objective.make_loss_fn(), opt, bundle, mesh)
     kl_fn = ra.make_kl_fn(bundle, rcfg.chunk_size) if loop.kl_every else None
     base_key = jax.random.PRNGKey(loop.seed + 1)

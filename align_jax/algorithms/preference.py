@@ -28,7 +28,7 @@ from align_jax.algorithms.reference_cache import PrefData, precompute_reference
 from align_jax.data.loader import DataLoader
 from align_jax.sharding import place_batch
 from align_jax.train import report
-from align_jax.train.checkpoint import Checkpointer
+from align_jax.train.checkpoint import Checkpointer, resume
 from align_jax.train.metrics import MetricsLogger, add_sum_count, compute
 from align_jax.train.optim import make_optimizer
 from align_jax.train.state import create_train_state, has_lora
@@ -302,13 +302,8 @@ def train_preference(model, train: PrefData, loss_fn: Callable, cfg: TrainConfig
                         collate_fn=train.batch)
     ckpt = Checkpointer(run_dir / "checkpoints", save_every=cfg.save_every,
                         keep=cfg.keep_checkpoints)
-    start = 0
-    restored = ckpt.restore_latest(state)
-    if restored is not None:
-        state, extra, start = restored
-        loader.load_state_dict(extra["loader"])
-        print(f"[align_jax] resumed from {run_dir / 'checkpoints'} at step {start}")
-    logger = MetricsLogger(run_dir, resume_step=start if restored is not None else None)
+    state, start, resumed = resume(ckpt, state, loader)
+    logger = MetricsLogger(run_dir, resume_step=start if resumed else None)
     bar = _progress(cfg, start, name)
     try:
         for update in range(start, cfg.steps):

@@ -143,3 +143,16 @@ class Checkpointer:
 
     def __exit__(self, *exc):
         self.close()
+
+
+def resume(ckpt: Checkpointer, state, loader, run_dir=None):
+    """Restore the newest complete checkpoint (state + data-loader position) if there is one.
+    -> (state, start_step, resumed). Used by every training loop so resume works the same."""
+    restored = ckpt.restore_latest(state)
+    if restored is None:
+        return state, 0, False
+    state, extra, start = restored
+    if loader is not None and "loader" in extra:
+        loader.load_state_dict(extra["loader"])
+    print(f"[align_jax] resumed from {ckpt.directory} at step {start}")
+    return state, start, True
