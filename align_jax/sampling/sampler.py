@@ -47,7 +47,8 @@ class SamplingConfig:
     stop_token_ids: extra ids that end a row (kept even with ignore_eos, like vLLM).
     ignore_eos: EOS ids do not end a row (ALaRM generates to full length).
     greedy (or temperature == 0): argmax decoding.
-    pad_token_id: fills `tokens` after a row stops; None -> model cfg pad id, else first EOS, else 0.
+    pad_token_id: fills `tokens` after a row stops; None -> the model config's pad id, else the
+      first EOS id, else 0.
     unroll_layers: decode with per-layer weights sliced once per call and an unrolled layer
       loop instead of the layer scan. On XLA:CPU each scan step's slice of the stacked weights
       is a copy; unrolling made batch-1 decoding ~15-25% faster on an idle 2-core CPU but not
@@ -258,7 +259,9 @@ def _resolve_ids(model_cfg, cfg: SamplingConfig) -> tuple[tuple[int, ...], int]:
         eos = () if e is None else (tuple(e) if isinstance(e, (tuple, list)) else (int(e),))
     pad = cfg.pad_token_id
     if pad is None:
-        pad = model_cfg.pad_token_id if model_cfg.pad_token_id is not None else (eos[0] if eos else 0)
+        pad = model_cfg.pad_token_id
+        if pad is None:
+            pad = eos[0] if eos else 0
     return tuple(int(i) for i in eos), int(pad)
 
 
