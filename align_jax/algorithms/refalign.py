@@ -20,8 +20,7 @@ import numpy as np
 
 from align_jax.losses.policy_gradient import advantages, length_factor, reinforce_loss
 from align_jax.rewards.similarity import strip_for_scoring
-from align_jax.sampling.sampler import (SampleOutput, SamplingConfig, decode_responses,
-                                        encode_prompts, generate, tokenizer_defaults)
+from align_jax.sampling.sampler import SampleOutput, SamplingConfig, sample_texts
 from align_jax.train.logprobs import token_logps
 
 
@@ -52,16 +51,9 @@ class Rollout:
 def rollout(model, tokenizer, records: Sequence[dict], key, sampling: SamplingConfig, k: int,
             mesh=None, prompt_key: str = "prompt") -> Rollout:
     """K samples per record's prompt (chat template applied), decoded for scoring."""
-    cfg = tokenizer_defaults(model, tokenizer, sampling.replace(n=k))
-    ids = encode_prompts(tokenizer, [r[prompt_key] for r in records])
-    P = max(len(s) for s in ids)
-    ids_bp = np.full((len(ids), P), cfg.pad_token_id, np.int32)
-    mask_bp = np.zeros((len(ids), P), np.int32)
-    for i, s in enumerate(ids):
-        ids_bp[i, P - len(s):], mask_bp[i, P - len(s):] = s, 1
-    out = generate(model, ids_bp, mask_bp, key, cfg, mesh=mesh)
-    texts = [strip_for_scoring(t, tokenizer.all_special_tokens)
-             for t in decode_responses(tokenizer, out)]
+    texts, out = sample_texts(model, tokenizer, [r[prompt_key] for r in records], key,
+                              sampling.replace(n=k), mesh=mesh)
+    texts = [strip_for_scoring(t, tokenizer.all_special_tokens) for t in texts]
     rows = [r for r in records for _ in range(k)]
     return Rollout(out=out, texts=texts, records=rows)
 
