@@ -24,6 +24,7 @@ from align_jax.sharding import place_batch
 from align_jax.train.checkpoint import Checkpointer, resume
 from align_jax.train.metrics import MetricsLogger, compute
 from align_jax.train.optim import make_optimizer
+from align_jax.train.report import progress_bar
 from align_jax.train.state import create_train_state
 from align_jax.train.step import make_train_step
 
@@ -84,7 +85,7 @@ def train_online(model, tokenizer, examples: Sequence, reward_fn: ra.RewardFn, *
     kl_fn = ra.make_kl_fn(bundle, rcfg.chunk_size) if loop.kl_every else None
     base_key = jax.random.PRNGKey(loop.seed + 1)
 
-    bar = _progress(loop, start)
+    bar = progress_bar(loop.steps, start, "refalign", loop.progress)
     last_kl = float("nan")
     try:
         for step in range(start, loop.steps):
@@ -136,11 +137,3 @@ def _main_reward(stats: dict) -> float:
             return stats[k]
     vals = [v for k, v in stats.items() if k.startswith("reward/") and not k.endswith("_std")]
     return float(np.mean(vals)) if vals else float("nan")
-
-
-def _progress(loop: LoopConfig, start: int):
-    if not loop.progress or jax.process_index() != 0:
-        return None
-    from tqdm.auto import tqdm
-
-    return tqdm(total=loop.steps, initial=start, desc="refalign", unit="step", dynamic_ncols=True)

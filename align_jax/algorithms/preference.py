@@ -304,7 +304,7 @@ def train_preference(model, train: PrefData, loss_fn: Callable, cfg: TrainConfig
                         keep=cfg.keep_checkpoints)
     state, start, resumed = resume(ckpt, state, loader)
     logger = MetricsLogger(run_dir, resume_step=start if resumed else None)
-    bar = _progress(cfg, start, name)
+    bar = report.progress_bar(cfg.steps, start, name, cfg.progress)
     try:
         for update in range(start, cfg.steps):
             t0 = time.perf_counter()
@@ -368,11 +368,3 @@ def _fmt(m: dict) -> str:
     return ", ".join(f"{k}={v:.4f}" for k, v in m.items() if k in (
         "loss", "rewards/accuracies", "rewards/margins", "rewards/top1_accuracy", "rpo/row_loss",
         "kl", "examples"))
-
-
-def _progress(cfg: TrainConfig, start: int, name: str):
-    if not cfg.progress or jax.process_index() != 0:
-        return None
-    from tqdm.auto import tqdm
-
-    return tqdm(total=cfg.steps, initial=start, desc=name, unit="step", dynamic_ncols=True)

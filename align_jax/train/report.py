@@ -95,3 +95,14 @@ def summary_table(before: Mapping[str, float], after: Mapping[str, float]) -> st
     for k in before:
         lines.append(f"| {k} | {before[k]:.4f} | {after.get(k, float('nan')):.4f} |")
     return "\n".join(lines) + "\n"
+
+
+def progress_bar(total: int, start: int, name: str, enabled: bool = True):
+    """tqdm bar for a training loop (process 0 only), or None when disabled."""
+    import jax
+
+    if not enabled or jax.process_index() != 0:
+        return None
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, initial=start, desc=name, unit="step", dynamic_ncols=True)
