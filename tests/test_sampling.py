@@ -98,10 +98,10 @@ def test_greedy_matches_hf_generate(tiny):
     first = [int(np.argmax(r == eos)) + 1 if (r == eos).any() else N for r in ref]
     np.testing.assert_array_equal(out.lengths[0::2], first)
     assert out.lengths[2] <= 5 and out.stopped[2]
-    # the opt-in unrolled-layer decode path gives the same tokens
-    unrolled = _np(generate(model, ids, mask, jax.random.key(0),
-                            GREEDY.replace(eos_token_ids=(eos,), unroll_layers=True)))
-    np.testing.assert_array_equal(unrolled.tokens[0::2], ref)
+    # the layer-scan decode path (the accelerator default; CPU uses models.decode) agrees
+    scanned = _np(generate(model, ids, mask, jax.random.key(0),
+                           GREEDY.replace(eos_token_ids=(eos,), unroll_layers=False)))
+    np.testing.assert_array_equal(scanned.tokens[0::2], ref)
 
 
 def test_logprobs_equal_teacher_forced_forward(tiny, base):
@@ -122,6 +122,49 @@ def test_logprobs_equal_teacher_forced_forward(tiny, base):
     np.testing.assert_allclose(out.logprobs_raw, np.asarray(raw), atol=1e-4)
     np.testing.assert_allclose(out.logprobs, np.asarray(samp), atol=1e-4)
     assert (out.logprobs > out.logprobs_raw - 1e-6).all()  # truncation + T<1 sharpen here
+
+
+def _variant(kind):
+    """Tiny models exercising every branch of the per-layer decode path: sliding window,
+    q/k/v bias + untied head, and LoRA adapters with non-zero B (merged into the weights)."""
+    from flax import nnx
+
+    from align_jax.models.config import DecoderConfig
+    from align_jax.models.llama import Decoder
+
+    base = dict(vocab_size=97, hidden_size=64, intermediate_size=96, num_layers=2, num_heads=4,
+                num_kv_heads=2, head_dim=16, eos_token_id=2, pad_token_id=PAD)
+    extra = {"window": dict(sliding_window=5), "bias": dict(qkv_bias=True,
+                                                            tie_word_embeddings=False),
+             "lora": dict(lora_rank=4, lora_targets=("wq", "wv", "w_up", "w_down"))}[kind]
+    model = Decoder(DecoderConfig(**base, **extra), rngs=nnx.Rngs(3))
+    state = nnx.state(model)
+    leaves, tdef = jax.tree.flatten(state)
+    keys = jax.random.split(jax.random.key(1), len(leaves))
+    # non-zero biases / LoRA B and peaked weights: every term changes the logits
+    leaves = [jax.random.normal(k, x.shape, x.dtype) * 0.15 if x.ndim >= 1 else x
+              for k, x in zip(keys, leaves)]
+    nnx.update(model, jax.tree.unflatten(tdef, leaves))
+    return model
+
+
+@pytest.mark.parametrize("kind", ["window", "bias", "lora"])
+def test_decode_paths_equal_teacher_forced_forward(tiny, kind):
+    """Per-layer decode (CPU default) and layer-scan decode both reproduce the full-sequence
+    forward's log-probs; long enough (prompt 12 + 12 new) that the window of 5 slides."""
+    _, _, ids, mask = tiny
+    model = _variant(kind)
+    outs = [_np(generate(model, ids, mask, jax.random.key(5), SAMPLED.replace(unroll_layers=u)))
+            for u in (True, False)]
+    np.testing.assert_array_equal(outs[0].tokens, outs[1].tokens)
+    out = outs[0]
+    P = out.prompt_ids.shape[1]
+    full = np.concatenate([out.prompt_ids, out.tokens], axis=1)
+    full_mask = np.concatenate([out.prompt_mask, out.mask], axis=1)
+    logits = jax.jit(lambda a, b: model(a, b))(full, full_mask)[:, P - 1: P + N - 1]
+    raw = jnp.take_along_axis(jax.nn.log_softmax(logits, -1), out.tokens[..., None], -1)[..., 0]
+    for o in outs:
+        np.testing.assert_allclose(o.logprobs_raw, np.asarray(raw), atol=1e-4)
 
 
 def test_n_samples_layout_distinct_and_deterministic(tiny, base):

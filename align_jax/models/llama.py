@@ -160,25 +160,15 @@ class Decoder(nnx.Module):
         logits = self.logits_from_hidden(h)
         return logits if cache is None else (logits, new_cache)
 
-    def unstacked_layers(self) -> list[dict[str, jax.Array]]:
-        """Per-layer weight dicts for `hidden_states(layer_params=...)`."""
-        arrs = self.layers.arrays()
-        return [{k: v[l] for k, v in arrs.items()} for l in range(self.cfg.num_layers)]
-
     def logits_from_hidden(self, h_btd):
         w = self.embed[...].T if self.cfg.tie_word_embeddings else self.lm_head[...]
         w = w.astype(self.cfg.dtype)
         logits = jnp.einsum("btd,dv->btv", h_btd, w, preferred_element_type=jnp.float32)
         return constrain(logits, ("batch", "length", "vocab"))
 
-    def hidden_states(self, input_ids, attention_mask=None, *, positions=None, cache=None,
-                      layer_params=None):
-        """Final-norm hidden states [B,T,D] (and the updated cache, or None).
-
-        `layer_params` (from :meth:`unstacked_layers`, sliced once OUTSIDE a decode loop) runs
-        the layers as an unrolled Python loop instead of the scan: on CPU each scan step's
-        dynamic slice of the stacked weights is a copy, which makes small-batch decoding
-        ~2x slower. Same math, same result."""
+    def hidden_states(self, input_ids, attention_mask=None, *, positions=None, cache=None):
+        """Final-norm hidden states [B,T,D] (and the updated cache, or None). The sampler's
+        CPU decode path is `align_jax.models.decode` (per-layer weights and buffers)."""
         cfg = self.cfg
         B, T = input_ids.shape
         mask_bt = (jnp.ones((B, T), bool) if attention_mask is None
@@ -215,11 +205,7 @@ class Decoder(nnx.Module):
         if cfg.remat:
             body = jax.checkpoint(body, prevent_cse=False)
         ck, cv = (None, None) if cache is None else (cache.k_lbske, cache.v_lbske)
-        if layer_params is None:
-            (x, ck, cv), _ = jax.lax.scan(body, (x, ck, cv), (params, jnp.arange(cfg.num_layers)))
-        else:
-            for l, lp in enumerate(layer_params):
-                (x, ck, cv), _ = body((x, ck, cv), (lp, l))
+        (x, ck, cv), _ = jax.lax.scan(body, (x, ck, cv), (params, jnp.arange(cfg.num_layers)))
         x = rms_norm(x, self.final_norm[...], cfg.rms_norm_eps)
         new_cache = None
         if cache is not None:

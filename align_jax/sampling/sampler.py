@@ -33,6 +33,7 @@ from flax import nnx, struct
 from jax.sharding import NamedSharding, PartitionSpec as P
 
 from align_jax import sharding as shd
+from align_jax.models.decode import LayerCache, decode_step, decode_weights
 from align_jax.models.llama import CACHE_AXES, KVCache
 from align_jax.sampling.filters import sample_logits
 
@@ -49,11 +50,12 @@ class SamplingConfig:
     greedy (or temperature == 0): argmax decoding.
     pad_token_id: fills `tokens` after a row stops; None -> the model config's pad id, else the
       first EOS id, else 0.
-    unroll_layers: decode with per-layer weights sliced once per call and an unrolled layer
-      loop instead of the layer scan. On XLA:CPU each scan step's slice of the stacked weights
-      is a copy; unrolling made batch-1 decoding ~15-25% faster on an idle 2-core CPU but not
-      batch 16, compiles ~3x longer (30 layers: ~10 s) and holds a second copy of the layer
-      weights while decoding, so it is opt-in. Prefill always scans.
+    unroll_layers: decode through `models.decode` (per-layer LoRA-merged, fused weights and
+      per-layer K/V buffers, unrolled layer loop) instead of the layer scan over stacked
+      weights. None = on when the model's devices are CPUs: there each scan step's slice of
+      the stacked weights is a copy (the whole model copied per token); the price is a longer
+      compile and a second copy of the layer weights while decoding. Accelerators default to
+      the scan. Prefill always scans.
     """
 
     max_new_tokens: int = 64
@@ -68,7 +70,7 @@ class SamplingConfig:
     ignore_eos: bool = False
     prompt_bucket: int = 32
     pad_token_id: int | None = None
-    unroll_layers: bool = False
+    unroll_layers: bool | None = None
 
     def __post_init__(self):
         for name in ("eos_token_ids", "stop_token_ids"):
@@ -121,7 +123,7 @@ class SampleOutput:
 @struct.dataclass
 class _Carry:
     step: jax.Array  # [] tokens generated so far (= next column to write)
-    cache: KVCache
+    cache: KVCache | LayerCache
     logits: jax.Array  # [R, V] float32: next-token logits (from the prefill / last forward)
     tokens: jax.Array
     logp: jax.Array
@@ -143,9 +145,12 @@ class _Static:
     unroll_layers: bool
 
 
-def _static(cfg: SamplingConfig) -> _Static:
-    return _Static(cfg.max_new_tokens, cfg.top_k, cfg.top_p < 1.0, cfg.min_p > 0.0,
-                   bool(cfg.unroll_layers))
+def _static(cfg: SamplingConfig, mesh=None) -> _Static:
+    unroll = cfg.unroll_layers
+    if unroll is None:
+        devices = mesh.devices.flat if mesh is not None else jax.devices()
+        unroll = all(d.platform == "cpu" for d in devices)
+    return _Static(cfg.max_new_tokens, cfg.top_k, cfg.top_p < 1.0, cfg.min_p > 0.0, bool(unroll))
 
 
 def _dynamic(cfg: SamplingConfig, eos: tuple[int, ...], pad: int) -> dict:
@@ -188,10 +193,13 @@ def _record(c: _Carry, dyn: dict, tok, lp, lpr) -> _Carry:
 
 def _constrain_rows(c: _Carry) -> _Carry:
     row = lambda x: shd.constrain(x, ("batch",) + (None,) * (x.ndim - 1))
-    cache = c.cache.replace(
-        k_lbske=shd.constrain(c.cache.k_lbske, CACHE_AXES),
-        v_lbske=shd.constrain(c.cache.v_lbske, CACHE_AXES),
-        valid_bs=row(c.cache.valid_bs), pos_bs=row(c.cache.pos_bs))
+    if isinstance(c.cache, LayerCache):
+        cache = c.cache.constrained()
+    else:
+        cache = c.cache.replace(
+            k_lbske=shd.constrain(c.cache.k_lbske, CACHE_AXES),
+            v_lbske=shd.constrain(c.cache.v_lbske, CACHE_AXES),
+            valid_bs=row(c.cache.valid_bs), pos_bs=row(c.cache.pos_bs))
     return c.replace(cache=cache, logits=shd.constrain(c.logits, ("batch", "vocab")),
                      tokens=row(c.tokens), logp=row(c.logp), logp_raw=row(c.logp_raw),
                      done=row(c.done), lengths=row(c.lengths), last=row(c.last))
@@ -207,6 +215,8 @@ def _prefill(graphdef, static: _Static, state, ids_rp, mask_rp, key, dyn) -> _Ca
     h, cache = model.hidden_states(ids_rp, mask_rp, cache=cache)
     # left padding => the last column is every row's final prompt token; project only it
     logits = model.logits_from_hidden(h[:, -1:])[:, 0]
+    if static.unroll_layers:
+        cache = LayerCache.from_stacked(cache)
     zeros = jnp.zeros((R, N), jnp.float32)
     return _constrain_rows(_Carry(
         step=jnp.zeros((), jnp.int32), cache=cache, logits=logits,
@@ -223,13 +233,16 @@ def _decode(graphdef, static: _Static, state, carry: _Carry, dyn, stop_at) -> _C
     model = nnx.merge(graphdef, state)
     N = static.max_new_tokens
     limit = jnp.minimum(stop_at, N)
-    # sliced here, outside the loop: once per call instead of once per token
-    layer_params = model.unstacked_layers() if static.unroll_layers else None
+    # merged/fused/split here, outside the loop: once per call instead of once per token
+    weights = decode_weights(model) if static.unroll_layers else None
 
     def forward(c: _Carry) -> _Carry:
         # finished rows feed an invalid (masked) slot: their outputs are discarded anyway
-        h, cache = model.hidden_states(c.last[:, None], (~c.done)[:, None], cache=c.cache,
-                                       layer_params=layer_params)
+        if weights is not None:
+            h, cache = decode_step(model, weights, c.cache, c.last, ~c.done)
+            h = h[:, None]
+        else:
+            h, cache = model.hidden_states(c.last[:, None], (~c.done)[:, None], cache=c.cache)
         return c.replace(logits=model.logits_from_hidden(h)[:, 0], cache=cache)
 
     def body(c: _Carry) -> _Carry:
@@ -318,7 +331,7 @@ class _Run:
         else:
             ids, mask = jnp.asarray(ids), jnp.asarray(mask)
         self.state, self.ids, self.mask, self.key, self.mesh = state, ids, mask, key, mesh
-        self.prefill_fn, self.decode_fn = _compiled(graphdef, _static(cfg), mesh)
+        self.prefill_fn, self.decode_fn = _compiled(graphdef, _static(cfg, mesh), mesh)
         self.N = cfg.max_new_tokens
 
     def prefill(self) -> _Carry:

@@ -1,0 +1,146 @@
+"""One-token decode step over per-layer weights and per-layer KV buffers (the sampler's CPU path).
+
+Why a second forward next to `Decoder.hidden_states`: the training forward scans over STACKED
+[L, ...] weights and one stacked cache. Inside a decode `while_loop` on XLA:CPU, each scan step's
+dynamic slice of the stacked weights is a materialised copy (the whole model is copied once per
+generated token), and the stacked cache's [B, S, K, E] layer slice is transposed for both
+attention contractions. Here, once per decode call (outside the token loop):
+
+- LoRA adapters are merged into the base weights, q/k/v and gate/up are concatenated (fewer,
+  wider GEMMs), and the weights are split per layer: one extra copy of the layer weights is held
+  while decoding;
+- the cache is split per layer with K stored [B, K, E, S] and V [B, K, S, E], so scores
+  (q·K) and outputs (p·V) are plain batched GEMMs with no per-token transpose.
+
+The layer loop is unrolled, so compile time grows with depth (SmolLM2's 30 layers: seconds).
+Same math as `hidden_states` with a cache (RoPE position = number of valid slots, finished rows
+write an invalid slot, sliding windows by RoPE position); the sampler tests check both paths
+against HF transformers.
+"""
+
+from __future__ import annotations
+
+import math
+
+import jax
+import jax.numpy as jnp
+from flax import struct
+
+from align_jax.models.llama import _NEG, KVCache, apply_rope, rms_norm, rope_cos_sin
+from align_jax.sharding import constrain
+
+K_AXES = ("batch", "kv_heads", "head_dim", "length")  # per-layer K buffer [B, K, E, S]
+V_AXES = ("batch", "kv_heads", "length", "head_dim")  # per-layer V buffer [B, K, S, E]
+
+
+@struct.dataclass
+class LayerCache:
+    """Per-layer K [B, K, E, S] / V [B, K, S, E] buffers plus the slot bookkeeping shared by all
+    layers (same meaning as :class:`KVCache`'s)."""
+
+    k_bkes: tuple[jax.Array, ...]
+    v_bkse: tuple[jax.Array, ...]
+    valid_bs: jax.Array
+    pos_bs: jax.Array
+    index: jax.Array
+
+    @classmethod
+    def from_stacked(cls, cache: KVCache) -> "LayerCache":
+        L = cache.k_lbske.shape[0]
+        k = tuple(constrain(jnp.transpose(cache.k_lbske[l], (0, 2, 3, 1)), K_AXES) for l in range(L))
+        v = tuple(constrain(jnp.transpose(cache.v_lbske[l], (0, 2, 1, 3)), V_AXES) for l in range(L))
+        return cls(k_bkes=k, v_bkse=v, valid_bs=cache.valid_bs, pos_bs=cache.pos_bs,
+                   index=cache.index)
+
+    def constrained(self) -> "LayerCache":
+        row = lambda x: constrain(x, ("batch", "length"))
+        return self.replace(k_bkes=tuple(constrain(k, K_AXES) for k in self.k_bkes),
+                            v_bkse=tuple(constrain(v, V_AXES) for v in self.v_bkse),
+                            valid_bs=row(self.valid_bs), pos_bs=row(self.pos_bs))
+
+
+def decode_weights(model) -> list[dict[str, jax.Array]]:
+    """Per-layer dicts of LoRA-merged, fused weights in the compute dtype:
+    wqkv [D, (H+2K)E], wo, wgu [D, 2F], w_down, the two norms, and biases where configured."""
+    cfg = model.cfg
+    arrs = model.layers.arrays()
+    dt = jnp.dtype(cfg.dtype)
+
+    def merged(name):
+        w = arrs[name]
+        if "lora_a_" + name in arrs:
+            w = w + jnp.einsum("ldr,lrf->ldf", arrs["lora_a_" + name],
+                               arrs["lora_b_" + name]) * cfg.lora_scale
+        return w.astype(dt)
+
+    def bias(names):
+        bs = [arrs.get("b" + n[1:]) for n in names]
+        if all(b is None for b in bs):
+            return None
+        outs = [merged(n).shape[-1] for n in names]
+        bs = [jnp.zeros((cfg.num_layers, o), dt) if b is None else b.astype(dt)
+              for b, o in zip(bs, outs)]
+        return jnp.concatenate(bs, axis=-1)
+
+    stacked = {
+        "attn_norm": arrs["attn_norm"], "mlp_norm": arrs["mlp_norm"],
+        "wqkv": jnp.concatenate([merged("wq"), merged("wk"), merged("wv")], axis=-1),
+        "bqkv": bias(("wq", "wk", "wv")),
+        "wo": merged("wo"), "bo": bias(("wo",)),
+        "wgu": jnp.concatenate([merged("w_gate"), merged("w_up")], axis=-1),
+        "bgu": bias(("w_gate", "w_up")),
+        "w_down": merged("w_down"), "b_down": bias(("w_down",)),
+    }
+    stacked = {k: v for k, v in stacked.items() if v is not None}
+    return [{k: v[l] for k, v in stacked.items()} for l in range(cfg.num_layers)]
+
+
+def _linear(x, w, b=None):
+    y = x @ w
+    return y if b is None else y + b
+
+
+def decode_step(model, weights, cache: LayerCache, tokens_b, live_b):
+    """Feed one token per row. `live_b` False writes an invalid (masked) slot, as finished rows
+    do in the sampler. Returns (final-norm hidden [B, D], updated cache)."""
+    cfg = model.cfg
+    B = tokens_b.shape[0]
+    H, K, E = cfg.num_heads, cfg.num_kv_heads, cfg.head_dim
+    G, dt = H // K, jnp.dtype(cfg.dtype)
+    idx, S = cache.index, cache.valid_bs.shape[1]
+    z = jnp.zeros((), jnp.int32)
+    pos_b = jnp.sum(cache.valid_bs, axis=1, dtype=jnp.int32)
+    valid_bs = jax.lax.dynamic_update_slice(cache.valid_bs, live_b[:, None], (z, idx))
+    pos_bs = jax.lax.dynamic_update_slice(cache.pos_bs, pos_b[:, None], (z, idx))
+    allowed_bs = valid_bs & (jnp.arange(S)[None, :] <= idx)
+    if cfg.sliding_window:
+        allowed_bs &= (pos_b[:, None] - pos_bs) < cfg.sliding_window
+    cos, sin = rope_cos_sin(cfg, pos_b[:, None])  # [B, 1, E]
+
+    x = jnp.take(model.embed[...], tokens_b, axis=0).astype(dt)
+    ks, vs = [], []
+    for w, kc, vc in zip(weights, cache.k_bkes, cache.v_bkse):
+        h = rms_norm(x, w["attn_norm"], cfg.rms_norm_eps)
+        qkv = _linear(h, w["wqkv"], w.get("bqkv"))
+        q, k, v = jnp.split(qkv, [H * E, (H + K) * E], axis=-1)
+        q = apply_rope(q.reshape(B, 1, H, E), cos, sin).reshape(B, K, G, E)
+        k = apply_rope(k.reshape(B, 1, K, E), cos, sin).reshape(B, K, E, 1)
+        kc = jax.lax.dynamic_update_slice(kc, k.astype(kc.dtype), (z, z, z, idx))
+        vc = jax.lax.dynamic_update_slice(vc, v.reshape(B, K, 1, E).astype(vc.dtype),
+                                          (z, z, idx, z))
+        kc, vc = constrain(kc, K_AXES), constrain(vc, V_AXES)
+        s = jnp.einsum("bkge,bkes->bkgs", q, kc.astype(dt), preferred_element_type=jnp.float32)
+        s = jnp.where(allowed_bs[:, None, None, :], s / math.sqrt(E), _NEG)
+        p = jax.nn.softmax(s, axis=-1).astype(dt)
+        a = jnp.einsum("bkgs,bkse->bkge", p, vc.astype(dt)).reshape(B, H * E)
+        x = constrain(x + _linear(a, w["wo"], w.get("bo")), ("batch", "embed"))
+        h = rms_norm(x, w["mlp_norm"], cfg.rms_norm_eps)
+        g, u = jnp.split(_linear(h, w["wgu"], w.get("bgu")), 2, axis=-1)
+        m = constrain(jax.nn.silu(g) * u, ("batch", "mlp"))
+        x = constrain(x + _linear(m, w["w_down"], w.get("b_down")), ("batch", "embed"))
+        ks.append(kc)
+        vs.append(vc)
+    x = rms_norm(x, model.final_norm[...], cfg.rms_norm_eps)
+    new = LayerCache(k_bkes=tuple(ks), v_bkse=tuple(vs), valid_bs=valid_bs, pos_bs=pos_bs,
+                     index=idx + 1)
+    return x, new
