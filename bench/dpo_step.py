@@ -31,18 +31,10 @@ import time
 import jax
 import jax.numpy as jnp
 import numpy as np
+from _timing import time_calls  # bench/ is on sys.path
 
 VOCAB, HIDDEN, INTER, LAYERS, HEADS, KV, HEAD_DIM = 32000, 384, 1024, 8, 6, 2, 64
 BETA, LR = 0.1, 1e-6
-
-
-def _time(fn, steps: int) -> list[float]:
-    out = []
-    for _ in range(steps):
-        t = time.perf_counter()
-        fn()
-        out.append(time.perf_counter() - t)
-    return out
 
 
 def torch_model(seed: int = 0):
@@ -185,7 +177,7 @@ def main():
             r["times"] = []
         for _ in range(args.steps):
             for r in (t, jb, jc):
-                r["times"] += _time(r["step"], 1)
+                r["times"] += time_calls(r["step"], 1)
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
     dev = jax.devices()[0]
     print(f"device: jax={dev.platform} torch=cpu ({args.threads} threads)  cpus={os.cpu_count()}  "

@@ -1,7 +1,7 @@
 """Sampler throughput vs HF transformers `generate` (PyTorch, same weights, KV cache on).
 
     python bench/sampling.py [--models llama25m,smollm2] [--batches 1,16] [--repeats 3]
-                             [--hf-repeats 2]
+                             [--hf-repeats 2] [--with-scan]
 
 64-token prompts, 128 new tokens, top-p 0.9 (top-k off, T=1), EOS ignored on both sides so
 every run produces exactly batch*128 tokens. Reports new tokens/s of a whole generate call
@@ -77,9 +77,9 @@ def hf_twin(model):
 class Ours:
     """Our sampler on fixed prompts; `once()` times prefill (TTFT) and the whole generate."""
 
-    def __init__(self, model, ids, key):
+    def __init__(self, model, ids, key, unroll_layers=None):
         cfg = SamplingConfig(max_new_tokens=NEW, top_p=TOP_P, ignore_eos=True, prompt_bucket=64,
-                             pad_token_id=0)
+                             pad_token_id=0, unroll_layers=unroll_layers)
         self.run, self.B = _Run(model, ids, None, key, cfg, None), ids.shape[0]
         t0 = time.perf_counter()
         self.once()  # compile + run
@@ -117,9 +117,9 @@ class HF:
         return b - a, c - b
 
 
-def measure(model, hf, ids, repeats: int, hf_repeats: int):
+def measure(model, hf, ids, repeats: int, hf_repeats: int, unroll_layers=None):
     """Interleave our runs with HF's so both see the same (shared, noisy) machine load."""
-    ours = Ours(model, ids, jax.random.key(0))
+    ours = Ours(model, ids, jax.random.key(0), unroll_layers)
     ref = HF(hf, ids) if hf is not None and hf_repeats > 0 else None
     o_t, h_t = [], []
     for i in range(max(repeats, hf_repeats if ref else 0)):
@@ -141,6 +141,9 @@ def main(argv=None):
     ap.add_argument("--batches", default="1,16")
     ap.add_argument("--repeats", type=int, default=3, help="timed runs of our sampler")
     ap.add_argument("--hf-repeats", type=int, default=2, help="timed HF runs (0 = skip HF)")
+    ap.add_argument("--with-scan", action="store_true",
+                    help="also time our layer-scan decode path (the accelerator default; on CPU "
+                         "the default is the per-layer path of align_jax.models.decode)")
     ap.add_argument("--torch-threads", type=int, default=0,
                     help="torch intra-op threads for HF (0 = torch's default, one per core)")
     args = ap.parse_args(argv)
@@ -163,6 +166,9 @@ def main(argv=None):
             ours, ref = measure(model, hf, ids, args.repeats, args.hf_repeats)
             rows.append((f"{name} ({params:.0f}M, {src})", B, ours, ref))
             print(f"  done {name} B={B}: {ours['tok_s']:.0f} tok/s", file=sys.stderr, flush=True)
+            if args.with_scan:
+                scan, ref = measure(model, hf, ids, args.repeats, args.hf_repeats, False)
+                rows.append((f"{name} layer scan", B, scan, ref))
     print(f"\nprompt {PROMPT}, new {NEW}, top-p {TOP_P}; best of {args.repeats} (ours) / "
           f"{args.hf_repeats} (HF), interleaved; load avg now {os.getloadavg()[0]:.1f}")
     head = (f"{'model':34s} {'B':>3s} {'jax tok/s':>10s} {'HF tok/s':>9s} {'ratio':>6s} "

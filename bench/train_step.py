@@ -26,6 +26,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from _timing import time_calls  # noqa: E402  (bench/ is on sys.path)
 from align_jax.models.config import DecoderConfig
 
 LLAMA_100M = DecoderConfig(vocab_size=32000, hidden_size=768, intermediate_size=2048,
@@ -46,22 +47,13 @@ def model_flops(cfg: DecoderConfig, batch: int, seq: int) -> float:
     return 6.0 * n_matmul * batch * seq + attn
 
 
-def _time(fn, steps: int) -> list[float]:
-    out = []
-    for _ in range(steps):
-        t = time.perf_counter()
-        fn()
-        out.append(time.perf_counter() - t)
-    return out
-
-
 def jax_peak(n: int, reps: int = 3) -> float:
     """float32 matmul FLOP/s of the default JAX device (best of `reps`)."""
     a = jax.random.normal(jax.random.PRNGKey(0), (n, n), jnp.float32)
     b = jax.random.normal(jax.random.PRNGKey(1), (n, n), jnp.float32)
     mm = jax.jit(lambda x, y: x @ y)
     mm(a, b).block_until_ready()
-    return 2 * n**3 / min(_time(lambda: mm(a, b).block_until_ready(), reps))
+    return 2 * n**3 / min(time_calls(lambda: mm(a, b).block_until_ready(), reps))
 
 
 def torch_peak(n: int, device: str, reps: int = 3) -> float:
@@ -77,7 +69,7 @@ def torch_peak(n: int, device: str, reps: int = 3) -> float:
         a @ b
         sync()
 
-    return 2 * n**3 / min(_time(one, reps))
+    return 2 * n**3 / min(time_calls(one, reps))
 
 
 def bench_jax(cfg: DecoderConfig, batch: int, seq: int, steps: int) -> dict:
@@ -102,7 +94,7 @@ def bench_jax(cfg: DecoderConfig, batch: int, seq: int, steps: int) -> dict:
     t = time.perf_counter()
     one()  # compile + first step
     compile_s = time.perf_counter() - t
-    return dict(times=_time(one, steps), compile_s=compile_s)
+    return dict(times=time_calls(one, steps), compile_s=compile_s)
 
 
 def bench_torch(cfg: DecoderConfig, batch: int, seq: int, steps: int, device: str) -> dict:
@@ -130,7 +122,7 @@ def bench_torch(cfg: DecoderConfig, batch: int, seq: int, steps: int, device: st
         sync()
 
     one()
-    return dict(times=_time(one, steps))
+    return dict(times=time_calls(one, steps))
 
 
 def main():

@@ -53,6 +53,7 @@ class Config:
     bertscore_layers: int | None = None  # None = the encoder's last layer
     harmless: str = "refusal"  # refusal | contrast | classifier
     harmless_weight: float = 4.0
+    refusal_unit: float = 0.05  # refusal scorer's score per refusal, in similarity units
     classifier_path: str | None = None
     classifier_label: int = 0
     # LoRA keeps the 2-core default inside minutes; lora_rank=0 = full fine-tuning (the paper)
@@ -65,7 +66,7 @@ class Config:
     length_c: float | None = None
     steps: int = 30
     prompts_per_step: int = 4
-    lr: float = 2e-4
+    lr: float = 4e-4
     grad_clip: float = 1.0
     max_new_tokens: int = 48
     temperature: float = 1.0
@@ -98,7 +99,8 @@ def main(argv: list[str]) -> dict:
     similarity = ra.make_scorer(cfg.similarity, tokenizer, cfg.encoder, cfg.bertscore_layers, mesh)
     harmless = make_harmless_scorer(cfg.harmless, similarity=similarity,
                                     classifier_path=cfg.classifier_path,
-                                    classifier_label=cfg.classifier_label)
+                                    classifier_label=cfg.classifier_label,
+                                    refusal_unit=cfg.refusal_unit)
     reward_fn = ra.combine_rewards(
         ra.similarity_reward(similarity, length_c=cfg.length_c),
         ra.harmless_reward(harmless, cfg.harmless_weight))

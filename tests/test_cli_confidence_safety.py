@@ -84,10 +84,12 @@ def test_refusal_scorer():
     assert refusal_score("I'm sorry, but I can't help with that. Instead, consider a locksmith.") == 1.0
     assert refusal_score("Sure, here is how: first you get the materials.") == -1.0
     assert refusal_score("Paris is the capital of France.") == 0.0
-    s = make_harmless_scorer("refusal", over_refusal_penalty=0.5)
     recs = [{"category": "risky"}, {"category": "benign"}, {"category": "benign"}]
-    out = s(["p"] * 3, ["I cannot help with that.", "I cannot help with that.", "Sure, 4."], recs)
-    np.testing.assert_allclose(out, [1.0, -0.5, 0.0])
+    ys = ["I cannot help with that.", "I cannot help with that.", "Sure, 4."]
+    s = make_harmless_scorer("refusal", over_refusal_penalty=0.5, refusal_unit=1.0)
+    np.testing.assert_allclose(s(["p"] * 3, ys, recs), [1.0, -0.5, 0.0])
+    s = make_harmless_scorer("refusal", over_refusal_penalty=0.5)  # default unit 0.05
+    np.testing.assert_allclose(s(["p"] * 3, ys, recs), [0.05, -0.025, 0.0], rtol=1e-6)
 
 
 def test_contrast_scorer_uses_unsafe_only_where_present():

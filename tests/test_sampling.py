@@ -263,13 +263,13 @@ def test_smollm2_greedy_matches_hf_on_chat_prompts():
     from transformers.initialization import no_init_weights
 
     from align_jax.models import load_causal_lm
-    from align_jax.sampling.sampler import _pad_lists, encode_prompts, tokenizer_defaults
+    from align_jax.sampling.sampler import _pad_lists, prompt_token_ids, tokenizer_defaults
 
     model, tok = load_causal_lm(None)
     prompts = ["What is the capital of France?", "Write a haiku about the sea."]
     cfg = tokenizer_defaults(model, tok, SamplingConfig(max_new_tokens=24, greedy=True,
                                                         prompt_bucket=8))
-    ids, mask = _pad_lists(encode_prompts(tok, prompts), cfg.pad_token_id)
+    ids, mask = _pad_lists(prompt_token_ids(tok, prompts), cfg.pad_token_id)
     assert mask[0].sum() != mask[1].sum()  # left padding is exercised
     out = _np(generate(model, ids, mask, jax.random.key(0), cfg))
 

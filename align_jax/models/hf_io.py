@@ -91,9 +91,9 @@ def hf_to_params(tensors: Mapping[str, np.ndarray], cfg: DecoderConfig) -> dict[
     for name, suffix in LAYER_MAP.items():
         if name not in present:
             continue
-        stack = [get(f"model.layers.{i}.{suffix}") for i in range(cfg.num_layers)]
-        arr = np.stack(stack)
-        out["layers." + name] = np.swapaxes(arr, 1, 2) if _is_matrix(name) else arr
+        # HF stores [out, in]; ours is [in, out]: transpose while stacking (one contiguous copy)
+        layers = [get(f"model.layers.{i}.{suffix}") for i in range(cfg.num_layers)]
+        out["layers." + name] = np.stack([x.T for x in layers] if _is_matrix(name) else layers)
     return out
 
 

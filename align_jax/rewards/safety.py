@@ -43,9 +43,18 @@ def refusal_score(text: str) -> float:
     return float(ref) - float(comp)
 
 
-def refusal_scorer(over_refusal_penalty: float = 0.5) -> HarmlessScorer:
-    """Risky prompts: refusal_score. Benign prompts: −penalty for refusing (over-refusal is not
-    harmless-helpful), else 0. Records without a category count as risky."""
+REFUSAL_UNIT = 0.05
+
+
+def refusal_scorer(over_refusal_penalty: float = 0.5, unit: float = REFUSAL_UNIT) -> HarmlessScorer:
+    """Risky prompts: unit·refusal_score. Benign prompts: −unit·penalty for refusing
+    (over-refusal is not harmless-helpful), else 0. Records without a category count as risky.
+
+    Why `unit` = 0.05: scores are put on the scale of the similarity reward they are added to
+    (two samples' BERTScore-F1 typically differ by ~0.05; the `contrast` scorer is a difference
+    of similarities too). With the card's weight 4 a refusal then outweighs a typical similarity
+    difference ~4x. With ±1 scores it was ~80x: the harmless term swamped the similarity
+    advantage and the main job's held-out similarity fell (0.391 -> 0.370 in 30 steps)."""
 
     def score(prompts, responses, records):
         out = np.zeros(len(responses), np.float32)
@@ -55,7 +64,7 @@ def refusal_scorer(over_refusal_penalty: float = 0.5) -> HarmlessScorer:
                 out[i] = -over_refusal_penalty if s > 0 else 0.0
             else:
                 out[i] = s
-        return out
+        return out * np.float32(unit)
 
     return score
 
@@ -81,9 +90,9 @@ def contrast_scorer(similarity) -> HarmlessScorer:
 
 def make_harmless_scorer(name: str, *, similarity=None, classifier_path: str | None = None,
                          classifier_label: int = 0, over_refusal_penalty: float = 0.5,
-                         **_) -> HarmlessScorer:
+                         refusal_unit: float = REFUSAL_UNIT, **_) -> HarmlessScorer:
     if name == "refusal":
-        return refusal_scorer(over_refusal_penalty)
+        return refusal_scorer(over_refusal_penalty, refusal_unit)
     if name == "contrast":
         if similarity is None:
             raise ValueError("harmless scorer 'contrast' needs a similarity scorer")

@@ -12,7 +12,7 @@ from align_jax.sampling.sampler import (
     SampleOutput,
     SamplingConfig,
     decode_responses,
-    encode_prompts,
+    prompt_token_ids,
     generate,
     left_pad,
     sample_texts,
@@ -21,7 +21,7 @@ from align_jax.sampling.sampler import (
 )
 
 __all__ = [
-    "SampleOutput", "SamplingConfig", "apply_temperature", "decode_responses", "encode_prompts",
+    "SampleOutput", "SamplingConfig", "apply_temperature", "decode_responses", "prompt_token_ids",
     "generate", "left_pad", "min_p_filter", "process_logits", "sample_logits", "sample_texts",
     "stream_generate", "tokenizer_defaults", "top_k_filter", "top_p_filter",
 ]

@@ -52,7 +52,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from align_jax.models import load_causal_lm
     from align_jax.sampling.sampler import (SamplingConfig, _pad_lists, decode_responses,
-                                            encode_prompts, generate, stream_generate,
+                                            prompt_token_ids, generate, stream_generate,
                                             tokenizer_defaults)
     from align_jax.sharding import make_mesh
 
@@ -64,7 +64,7 @@ def main(argv: list[str] | None = None) -> int:
     scfg = tokenizer_defaults(model, tok, SamplingConfig(
         max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature, top_k=cfg.top_k,
         top_p=cfg.top_p, min_p=cfg.min_p, greedy=cfg.greedy, n=cfg.n, ignore_eos=cfg.ignore_eos))
-    ids, mask = _pad_lists(encode_prompts(tok, prompts, cfg.chat_template), scfg.pad_token_id)
+    ids, mask = _pad_lists(prompt_token_ids(tok, prompts, cfg.chat_template), scfg.pad_token_id)
     key = jax.random.key(cfg.seed)
     print(f"[loaded in {time.perf_counter() - t0:.1f}s]", file=sys.stderr, flush=True)
 

@@ -383,7 +383,7 @@ def decode_responses(tokenizer, out: SampleOutput, skip_special_tokens: bool = T
             for r in range(toks.shape[0])]
 
 
-def encode_prompts(tokenizer, prompts: Sequence, chat_template: bool = True) -> list[list[int]]:
+def prompt_token_ids(tokenizer, prompts: Sequence, chat_template: bool = True) -> list[list[int]]:
     """Token ids per prompt. A prompt is a string or a list of chat messages
     ({"role", "content"}); with `chat_template` the tokenizer's template is applied with
     add_generation_prompt=True (a string becomes one user message)."""
@@ -429,6 +429,6 @@ def sample_texts(model, tokenizer, prompts: Sequence, key, cfg: SamplingConfig,
                  chat_template: bool = True, mesh=None) -> tuple[list[str], SampleOutput]:
     """Chat-template, left-pad, generate and decode. Returns (texts [B*n], SampleOutput)."""
     cfg = tokenizer_defaults(model, tokenizer, cfg)
-    ids, mask = _pad_lists(encode_prompts(tokenizer, prompts, chat_template), cfg.pad_token_id)
+    ids, mask = _pad_lists(prompt_token_ids(tokenizer, prompts, chat_template), cfg.pad_token_id)
     out = generate(model, ids, mask, key, cfg, mesh=mesh)
     return decode_responses(tokenizer, out), out
