@@ -36,7 +36,7 @@ from align_jax.algorithms.refalign_eval import evaluate  # noqa: E402
 from align_jax.cli import config_dict, parse_overrides  # noqa: E402
 from align_jax.data import load_bundled, load_examples, prompt_text  # noqa: E402
 from align_jax.models import export_hf, load_causal_lm  # noqa: E402
-from align_jax.rewards.safety import make_harmless_scorer  # noqa: E402
+from align_jax.rewards.safety import REFUSAL_UNIT, make_harmless_scorer  # noqa: E402
 from align_jax.sampling.sampler import SamplingConfig  # noqa: E402
 from align_jax.train import report  # noqa: E402
 
@@ -54,7 +54,7 @@ class Config:
     bertscore_layers: int | None = None  # None = the encoder's last layer
     harmless: str = "refusal"  # refusal | contrast | classifier
     harmless_weight: float = 4.0
-    refusal_unit: float = 0.05  # refusal scorer's score per refusal, in similarity units
+    refusal_unit: float = REFUSAL_UNIT  # 0.05 per refusal, in similarity units
     classifier_path: str | None = None
     classifier_label: int = 0
     # LoRA keeps the 2-core default inside minutes; lora_rank=0 = full fine-tuning (the paper)

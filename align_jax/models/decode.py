@@ -26,7 +26,8 @@ import jax
 import jax.numpy as jnp
 from flax import struct
 
-from align_jax.models.llama import _NEG, KVCache, apply_rope, rms_norm, rope_cos_sin
+from align_jax.models.llama import (_NEG, KVCache, _proj_shapes, apply_rope, rms_norm,
+                                    rope_cos_sin)
 from align_jax.sharding import constrain
 
 K_AXES = ("batch", "kv_heads", "head_dim", "length")  # per-layer K buffer [B, K, E, S]
@@ -73,13 +74,14 @@ def decode_weights(model) -> list[dict[str, jax.Array]]:
                                arrs["lora_b_" + name]) * cfg.lora_scale
         return w.astype(dt)
 
+    shapes = _proj_shapes(cfg)
+
     def bias(names):
         bs = [arrs.get("b" + n[1:]) for n in names]
         if all(b is None for b in bs):
             return None
-        outs = [merged(n).shape[-1] for n in names]
-        bs = [jnp.zeros((cfg.num_layers, o), dt) if b is None else b.astype(dt)
-              for b, o in zip(bs, outs)]
+        bs = [jnp.zeros((cfg.num_layers, shapes[n][1]), dt) if b is None else b.astype(dt)
+              for b, n in zip(bs, names)]
         return jnp.concatenate(bs, axis=-1)
 
     stacked = {

@@ -54,6 +54,12 @@ class KVCache:
     def max_len(self) -> int:
         return self.k_lbske.shape[2]
 
+    def constrained(self) -> "KVCache":
+        row = lambda x: constrain(x, ("batch", "length"))
+        return self.replace(k_lbske=constrain(self.k_lbske, CACHE_AXES),
+                            v_lbske=constrain(self.v_lbske, CACHE_AXES),
+                            valid_bs=row(self.valid_bs), pos_bs=row(self.pos_bs))
+
 
 CACHE_AXES = ("layers", "batch", "length", "kv_heads", "head_dim")
 

@@ -24,6 +24,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import math
+import sys
 from typing import Iterator, Sequence
 
 import jax
@@ -33,8 +34,9 @@ from flax import nnx, struct
 from jax.sharding import NamedSharding, PartitionSpec as P
 
 from align_jax import sharding as shd
+from align_jax.data.tokenize import TokenizeConfig, encode_prompts
 from align_jax.models.decode import LayerCache, decode_step, decode_weights
-from align_jax.models.llama import CACHE_AXES, KVCache
+from align_jax.models.llama import KVCache
 from align_jax.sampling.filters import sample_logits
 
 _STOP_SLOTS = 8  # stop-id array is padded to a multiple of this (-1 = unused) to share compiles
@@ -193,14 +195,8 @@ def _record(c: _Carry, dyn: dict, tok, lp, lpr) -> _Carry:
 
 def _constrain_rows(c: _Carry) -> _Carry:
     row = lambda x: shd.constrain(x, ("batch",) + (None,) * (x.ndim - 1))
-    if isinstance(c.cache, LayerCache):
-        cache = c.cache.constrained()
-    else:
-        cache = c.cache.replace(
-            k_lbske=shd.constrain(c.cache.k_lbske, CACHE_AXES),
-            v_lbske=shd.constrain(c.cache.v_lbske, CACHE_AXES),
-            valid_bs=row(c.cache.valid_bs), pos_bs=row(c.cache.pos_bs))
-    return c.replace(cache=cache, logits=shd.constrain(c.logits, ("batch", "vocab")),
+    return c.replace(cache=c.cache.constrained(),
+                     logits=shd.constrain(c.logits, ("batch", "vocab")),
                      tokens=row(c.tokens), logp=row(c.logp), logp_raw=row(c.logp_raw),
                      done=row(c.done), lengths=row(c.lengths), last=row(c.last))
 
@@ -387,17 +383,12 @@ def prompt_token_ids(tokenizer, prompts: Sequence, chat_template: bool = True) -
     """Token ids per prompt. A prompt is a string or a list of chat messages
     ({"role", "content"}); with `chat_template` the tokenizer's template is applied with
     add_generation_prompt=True (a string becomes one user message)."""
-    out = []
-    for p in prompts:
-        if chat_template:
-            msgs = [{"role": "user", "content": p}] if isinstance(p, str) else list(p)
-            text = tokenizer.apply_chat_template(msgs, add_generation_prompt=True, tokenize=False)
-            out.append(list(tokenizer(text, add_special_tokens=False)["input_ids"]))
-        else:
-            if not isinstance(p, str):
-                raise ValueError("a message-list prompt needs chat_template=True")
-            out.append(list(tokenizer(p)["input_ids"]))
-    return out
+    if not chat_template and any(not isinstance(p, str) for p in prompts):
+        raise ValueError("a message-list prompt needs chat_template=True")
+    # the data pipeline's rendering, so sampled and trained prompts are the same ids;
+    # no truncation here: any prompt length is left-padded to its bucket
+    cfg = TokenizeConfig(max_prompt_len=sys.maxsize, use_chat_template=chat_template)
+    return encode_prompts(tokenizer, prompts, cfg)
 
 
 def _pad_lists(seqs: list[list[int]], pad: int) -> tuple[np.ndarray, np.ndarray]:
