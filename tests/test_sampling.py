@@ -104,24 +104,39 @@ def test_greedy_matches_hf_generate(tiny):
     np.testing.assert_array_equal(scanned.tokens[0::2], ref)
 
 
-def test_logprobs_equal_teacher_forced_forward(tiny, base):
-    _, model, _, _ = tiny
-    out = _np(base)
+def _teacher_forced(model, out, cfg):
+    """(log-probs under the processed distribution, raw log-probs) of `out`'s tokens from one
+    full-sequence forward pass."""
     P = out.prompt_ids.shape[1]
-    assert P == 16  # prompt length 12 bucketed to a multiple of 8
     full = np.concatenate([out.prompt_ids, out.tokens], axis=1)
     full_mask = np.concatenate([out.prompt_mask, out.mask], axis=1)
     logits = jax.jit(lambda a, b: model(a, b))(full, full_mask)[:, P - 1: P + N - 1]
     tok = jnp.asarray(out.tokens)[..., None]
     raw = jnp.take_along_axis(jax.nn.log_softmax(logits, -1), tok, -1)[..., 0]
-    proc = process_logits(logits, temperature=SAMPLED.temperature, top_k=SAMPLED.top_k,
-                          top_p=SAMPLED.top_p, min_p=SAMPLED.min_p)
+    proc = process_logits(logits, temperature=cfg.temperature, top_k=cfg.top_k,
+                          top_p=cfg.top_p, min_p=cfg.min_p)
     samp = jnp.take_along_axis(jax.nn.log_softmax(proc, -1), tok, -1)[..., 0]
-    m = out.mask.astype(bool)
-    assert m.all()  # no stop ids in `base`
-    np.testing.assert_allclose(out.logprobs_raw, np.asarray(raw), atol=1e-4)
-    np.testing.assert_allclose(out.logprobs, np.asarray(samp), atol=1e-4)
+    return np.asarray(samp), np.asarray(raw)
+
+
+def test_logprobs_equal_teacher_forced_forward(tiny, base):
+    _, model, ids, mask = tiny
+    out = _np(base)
+    assert out.prompt_ids.shape[1] == 16  # prompt length 12 bucketed to a multiple of 8
+    assert out.mask.all()  # no stop ids in `base`
+    samp, raw = _teacher_forced(model, out, SAMPLED)
+    np.testing.assert_allclose(out.logprobs_raw, raw, atol=1e-4)
+    np.testing.assert_allclose(out.logprobs, samp, atol=1e-4)
     assert (out.logprobs > out.logprobs_raw - 1e-6).all()  # truncation + T<1 sharpen here
+    # top-p alone at T=1 (the bench's setting): the kept mass comes from the nucleus search
+    # and the raw normaliser is shared with the processed one (traced T == 1 branch)
+    cfg = SamplingConfig(max_new_tokens=N, top_p=0.6, prompt_bucket=8, pad_token_id=PAD,
+                         eos_token_ids=())
+    out = _np(generate(model, ids, mask, jax.random.key(8), cfg))
+    samp, raw = _teacher_forced(model, out, cfg)
+    np.testing.assert_allclose(out.logprobs_raw, raw, atol=1e-4)
+    np.testing.assert_allclose(out.logprobs, samp, atol=1e-4)
+    assert (out.logprobs > out.logprobs_raw + 1e-3).any()  # the nucleus did truncate
 
 
 def _variant(kind):
@@ -157,14 +172,10 @@ def test_decode_paths_equal_teacher_forced_forward(tiny, kind):
     outs = [_np(generate(model, ids, mask, jax.random.key(5), SAMPLED.replace(unroll_layers=u)))
             for u in (True, False)]
     np.testing.assert_array_equal(outs[0].tokens, outs[1].tokens)
-    out = outs[0]
-    P = out.prompt_ids.shape[1]
-    full = np.concatenate([out.prompt_ids, out.tokens], axis=1)
-    full_mask = np.concatenate([out.prompt_mask, out.mask], axis=1)
-    logits = jax.jit(lambda a, b: model(a, b))(full, full_mask)[:, P - 1: P + N - 1]
-    raw = jnp.take_along_axis(jax.nn.log_softmax(logits, -1), out.tokens[..., None], -1)[..., 0]
+    samp, raw = _teacher_forced(model, outs[0], SAMPLED)
     for o in outs:
-        np.testing.assert_allclose(o.logprobs_raw, np.asarray(raw), atol=1e-4)
+        np.testing.assert_allclose(o.logprobs_raw, raw, atol=1e-4)
+        np.testing.assert_allclose(o.logprobs, samp, atol=1e-4)
 
 
 def test_n_samples_layout_distinct_and_deterministic(tiny, base):

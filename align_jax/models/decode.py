@@ -32,6 +32,7 @@ from align_jax.sharding import constrain
 
 K_AXES = ("batch", "kv_heads", "head_dim", "length")  # per-layer K buffer [B, K, E, S]
 V_AXES = ("batch", "kv_heads", "length", "head_dim")  # per-layer V buffer [B, K, S, E]
+HEAD_BLOCK = 8192  # vocabulary columns per output-projection block (see decode_weights)
 
 
 @struct.dataclass
@@ -60,41 +61,54 @@ class LayerCache:
                             valid_bs=row(self.valid_bs), pos_bs=row(self.pos_bs))
 
 
-def decode_weights(model) -> list[dict[str, jax.Array]]:
-    """Per-layer dicts of LoRA-merged, fused weights in the compute dtype:
-    wqkv [D, (H+2K)E], wo, wgu [D, 2F], w_down, the two norms, and biases where configured."""
+def decode_weights(model) -> dict:
+    """{"layers": per-layer dicts of LoRA-merged, fused weights in the compute dtype (wqkv
+    [D, (H+2K)E], wo, wgu [D, 2F], w_down, the two norms, biases where configured),
+    "head": the output projection as [D, V] column blocks of <= HEAD_BLOCK tokens}.
+
+    The head is split because XLA:CPU's GEMM at M = batch rows streams a [D, <=8k] block at
+    ~9-11 GB/s but a whole [D, V] vocabulary at ~5 (B=16: SmolLM2's head 13 ms instead of 22,
+    llama-25M's 4 ms instead of 12 for the tied [V, D] embedding as is); the blocks are copied
+    once per decode call, the logits concatenated per token."""
     cfg = model.cfg
     arrs = model.layers.arrays()
     dt = jnp.dtype(cfg.dtype)
-
-    def merged(name):
-        w = arrs[name]
-        if "lora_a_" + name in arrs:
-            w = w + jnp.einsum("ldr,lrf->ldf", arrs["lora_a_" + name],
-                               arrs["lora_b_" + name]) * cfg.lora_scale
-        return w.astype(dt)
-
     shapes = _proj_shapes(cfg)
 
-    def bias(names):
+    # Everything is sliced per layer BEFORE merging/concatenating, so each layer's fused
+    # weight is one slice+add+concat fusion (one copy); concatenating the stacked arrays first
+    # and slicing after copied every weight twice (~0.4 s per decode call for SmolLM2).
+    def merged(name, l):
+        w = arrs[name][l]
+        if "lora_a_" + name in arrs:
+            w = w + (arrs["lora_a_" + name][l] @ arrs["lora_b_" + name][l]) * cfg.lora_scale
+        return w.astype(dt)
+
+    def bias(names, l):
         bs = [arrs.get("b" + n[1:]) for n in names]
         if all(b is None for b in bs):
             return None
-        bs = [jnp.zeros((cfg.num_layers, shapes[n][1]), dt) if b is None else b.astype(dt)
-              for b, n in zip(bs, names)]
-        return jnp.concatenate(bs, axis=-1)
+        return jnp.concatenate([jnp.zeros((shapes[n][1],), dt) if b is None else b[l].astype(dt)
+                                for b, n in zip(bs, names)])
 
-    stacked = {
-        "attn_norm": arrs["attn_norm"], "mlp_norm": arrs["mlp_norm"],
-        "wqkv": jnp.concatenate([merged("wq"), merged("wk"), merged("wv")], axis=-1),
-        "bqkv": bias(("wq", "wk", "wv")),
-        "wo": merged("wo"), "bo": bias(("wo",)),
-        "wgu": jnp.concatenate([merged("w_gate"), merged("w_up")], axis=-1),
-        "bgu": bias(("w_gate", "w_up")),
-        "w_down": merged("w_down"), "b_down": bias(("w_down",)),
-    }
-    stacked = {k: v for k, v in stacked.items() if v is not None}
-    return [{k: v[l] for k, v in stacked.items()} for l in range(cfg.num_layers)]
+    def layer(l):
+        w = {
+            "attn_norm": arrs["attn_norm"][l], "mlp_norm": arrs["mlp_norm"][l],
+            "wqkv": jnp.concatenate([merged(n, l) for n in ("wq", "wk", "wv")], axis=-1),
+            "bqkv": bias(("wq", "wk", "wv"), l),
+            "wo": merged("wo", l), "bo": bias(("wo",), l),
+            "wgu": jnp.concatenate([merged("w_gate", l), merged("w_up", l)], axis=-1),
+            "bgu": bias(("w_gate", "w_up"), l),
+            "w_down": merged("w_down", l), "b_down": bias(("w_down",), l),
+        }
+        return {k: v for k, v in w.items() if v is not None}
+
+    head_dv = (model.embed[...].T if cfg.tie_word_embeddings else model.lm_head[...]).astype(dt)
+    V = head_dv.shape[1]
+    n = -(-V // HEAD_BLOCK)
+    cuts = [V * i // n for i in range(n + 1)]
+    head = tuple(constrain(head_dv[:, a:b], ("embed", "vocab")) for a, b in zip(cuts, cuts[1:]))
+    return {"layers": [layer(l) for l in range(cfg.num_layers)], "head": head}
 
 
 def _linear(x, w, b=None):
@@ -104,7 +118,8 @@ def _linear(x, w, b=None):
 
 def decode_step(model, weights, cache: LayerCache, tokens_b, live_b):
     """Feed one token per row. `live_b` False writes an invalid (masked) slot, as finished rows
-    do in the sampler. Returns (final-norm hidden [B, D], updated cache)."""
+    do in the sampler. `weights` from :func:`decode_weights`. Returns (float32 next-token
+    logits [B, V], updated cache)."""
     cfg = model.cfg
     B = tokens_b.shape[0]
     H, K, E = cfg.num_heads, cfg.num_kv_heads, cfg.head_dim
@@ -121,7 +136,7 @@ def decode_step(model, weights, cache: LayerCache, tokens_b, live_b):
 
     x = jnp.take(model.embed[...], tokens_b, axis=0).astype(dt)
     ks, vs = [], []
-    for w, kc, vc in zip(weights, cache.k_bkes, cache.v_bkse):
+    for w, kc, vc in zip(weights["layers"], cache.k_bkes, cache.v_bkse):
         h = rms_norm(x, w["attn_norm"], cfg.rms_norm_eps)
         qkv = _linear(h, w["wqkv"], w.get("bqkv"))
         q, k, v = jnp.split(qkv, [H * E, (H + K) * E], axis=-1)
@@ -143,6 +158,8 @@ def decode_step(model, weights, cache: LayerCache, tokens_b, live_b):
         ks.append(kc)
         vs.append(vc)
     x = rms_norm(x, model.final_norm[...], cfg.rms_norm_eps)
+    logits = jnp.concatenate([jnp.dot(x, w, preferred_element_type=jnp.float32)
+                              for w in weights["head"]], axis=-1)
     new = LayerCache(k_bkes=tuple(ks), v_bkse=tuple(vs), valid_bs=valid_bs, pos_bs=pos_bs,
                      index=idx + 1)
-    return x, new
+    return constrain(logits, ("batch", "vocab")), new

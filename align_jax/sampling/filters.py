@@ -56,51 +56,59 @@ def _top_p_threshold(sorted_desc, p):
     return jnp.take_along_axis(sorted_desc, n_keep - 1, axis=-1)
 
 
-def top_p_filter(logits, p):
-    """Nucleus filter: keep the smallest set of top tokens whose mass reaches p (>= 1 token).
+def _top_p_cut(probs, p):
+    """(cut, kept mass): the nucleus is {bits(probs) >= cut}, `kept mass` its probability.
 
     Exact, without sorting the vocabulary (a [B, V] sort dominated the CPU decode step): the
     cut is the largest probability t with mass{prob >= t} >= p, found by a 30-step bisection
     over the bit patterns of the float32 probabilities (for non-negative floats the bits, read
-    as int32, are ordered like the values); each step is one masked sum over V. The top token
-    always qualifies, so at least one token is kept."""
+    as int32, are ordered like the values); each step is one masked sum over V, and the sum at
+    the final cut is carried along so callers need no extra pass for the kept mass. The top
+    token always qualifies, so at least one token is kept."""
+    bits = jax.lax.bitcast_convert_type(probs, jnp.int32)
+    lo, hi = jnp.zeros(bits.shape[:-1], jnp.int32), jnp.max(bits, axis=-1)
+    mass_lo = jnp.ones(bits.shape[:-1], probs.dtype)  # lo = 0 keeps everything
+
+    def step(_, s):
+        # invariant: mass{bits >= lo} = mass_lo >= p (or lo = 0), the answer is in [lo, hi]
+        lo, hi, mass_lo = s
+        mid = lo + (hi - lo + 1) // 2
+        mass = jnp.sum(jnp.where(bits >= mid[..., None], probs, 0.0), axis=-1)
+        ok = mass >= p
+        return (jnp.where(ok, mid, lo), jnp.where(ok, hi, mid - 1),
+                jnp.where(ok, mass, mass_lo))
+
+    # probs <= 1.0, whose bits are 0x3F800000 < 2**30: 30 halvings pin the exact pattern
+    lo, _, mass = jax.lax.fori_loop(0, 30, step, (lo, hi, mass_lo))
+    return lo, mass
+
+
+def top_p_filter(logits, p):
+    """Nucleus filter: keep the smallest set of top tokens whose mass reaches p (>= 1 token);
+    see :func:`_top_p_cut`."""
     if _is_const(p, 1.0):
         return logits
     probs = jax.nn.softmax(logits, axis=-1)
-    bits = jax.lax.bitcast_convert_type(probs, jnp.int32)
-    lo, hi = jnp.zeros(bits.shape[:-1], jnp.int32), jnp.max(bits, axis=-1)
-
-    def step(_, lo_hi):
-        # invariant: mass{bits >= lo} >= p (or lo = 0: keep all), the answer is in [lo, hi]
-        lo, hi = lo_hi
-        mid = lo + (hi - lo + 1) // 2
-        ok = jnp.sum(jnp.where(bits >= mid[..., None], probs, 0.0), axis=-1) >= p
-        return jnp.where(ok, mid, lo), jnp.where(ok, hi, mid - 1)
-
-    # probs <= 1.0, whose bits are 0x3F800000 < 2**30: 30 halvings pin the exact pattern
-    lo, _ = jax.lax.fori_loop(0, 30, step, (lo, hi))
-    return jnp.where(bits < lo[..., None], NEG_INF, logits)
+    cut, _ = _top_p_cut(probs, p)
+    return jnp.where(jax.lax.bitcast_convert_type(probs, jnp.int32) < cut[..., None], NEG_INF,
+                     logits)
 
 
-def categorical(key, logits, block: int = 128, lse=None):
-    """One draw per row from softmax(logits) by two-level inverse-CDF sampling.
+def categorical_from_probs(key, probs, block: int = 128):
+    """One draw per row from unnormalised probabilities [..., V] (zeros are never drawn) by
+    two-level inverse-CDF sampling.
 
     Uses ONE uniform per row instead of V Gumbels (threefry over [B, V] cost half a CPU decode
     step), and only short cumsums: pick a block of `block` tokens by its mass, then a token
-    inside it. Tokens with probability 0 (filtered, -inf) are never returned. `lse` (the
-    logsumexp of `logits`, if the caller has it) saves a pass over the vocabulary."""
-    V = logits.shape[-1]
+    inside it."""
+    V = probs.shape[-1]
     nb = -(-V // block)
-    logits = logits.astype(jnp.float32)
-    if lse is None:
-        lse = jax.nn.logsumexp(logits, axis=-1)
-    probs = jnp.exp(logits - lse[..., None])
     if nb * block != V:
         probs = jnp.pad(probs, [(0, 0)] * (probs.ndim - 1) + [(0, nb * block - V)])
     pb = probs.reshape(probs.shape[:-1] + (nb, block))
     bmass = jnp.sum(pb, axis=-1)  # [..., nb]
     bcum = jnp.cumsum(bmass, axis=-1)
-    u = jax.random.uniform(key, logits.shape[:-1]) * bcum[..., -1]
+    u = jax.random.uniform(key, probs.shape[:-1]) * bcum[..., -1]
 
     def pick(cum, mass, u):  # index i with cum[i-1] <= u < cum[i], clipped to a nonzero entry
         last = jnp.max(jnp.where(mass > 0, jnp.arange(mass.shape[-1]), 0), axis=-1)
@@ -114,6 +122,11 @@ def categorical(key, logits, block: int = 128, lse=None):
     return b * block + w
 
 
+def categorical(key, logits, block: int = 128):
+    """One draw per row from softmax(logits); -inf logits are never drawn."""
+    return categorical_from_probs(key, jax.nn.softmax(logits.astype(jnp.float32), axis=-1), block)
+
+
 def min_p_filter(logits, min_p):
     """Keep tokens with prob >= min_p * max prob, i.e. logit >= max logit + log(min_p).
     (The ratio to the max is unchanged by earlier renormalising filters.)"""
@@ -123,22 +136,44 @@ def min_p_filter(logits, min_p):
     return jnp.where(logits < thr, NEG_INF, logits)
 
 
-def process_logits(logits, *, temperature=1.0, top_k: int = 0, top_p=1.0, min_p=0.0):
-    """temperature -> top-k -> top-p -> min-p (HF order). `top_k` must be a Python int.
+def _truncate(x, *, top_k: int, top_p, min_p):
+    """The filters on tempered logits x, as a mask over one softmax.
 
-    With both top-k and top-p on, the nucleus is computed from the (already sorted) top-k
-    values instead of a search over the whole vocabulary: same result, cheaper per step."""
-    x = apply_temperature(logits, temperature)
-    use_k = 0 < top_k < x.shape[-1]
-    if use_k:
+    Returns (keep [..., V] bool or None for "all", probs = softmax(x), lse = logsumexp(x),
+    kept mass [...] or None for 1). One exp pass serves the filters, the draw and both
+    log-probs: the processed distribution is probs * keep / mass."""
+    m = jnp.max(x, axis=-1, keepdims=True)
+    e = jnp.exp(x - m)
+    z = jnp.sum(e, axis=-1, keepdims=True)
+    probs, lse = e / z, (m + jnp.log(z))[..., 0]
+    keep, mass = None, None
+    if 0 < top_k < x.shape[-1]:
+        # top-p over the (already sorted) top-k values instead of a search over the vocabulary
         vals = jax.lax.top_k(x, top_k)[0]  # [..., k], descending
         thr = vals[..., -1:]
         if not _is_const(top_p, 1.0):
             thr = jnp.maximum(thr, _top_p_threshold(vals, top_p))
-        x = jnp.where(x < thr, NEG_INF, x)
-    else:
-        x = top_p_filter(x, top_p)
-    return min_p_filter(x, min_p)
+        keep = x >= thr
+    elif not _is_const(top_p, 1.0):
+        cut, mass = _top_p_cut(probs, top_p)
+        keep = jax.lax.bitcast_convert_type(probs, jnp.int32) >= cut[..., None]
+    if not _is_const(min_p, 0.0):
+        # prob >= min_p * max prob; the ratio to the max is unchanged by renormalising
+        above = x >= m + jnp.log(jnp.asarray(min_p, x.dtype))
+        keep = above if keep is None else keep & above
+        mass = None
+    if keep is not None and mass is None:
+        mass = jnp.sum(jnp.where(keep, probs, 0.0), axis=-1)
+    return keep, probs, lse, mass
+
+
+def process_logits(logits, *, temperature=1.0, top_k: int = 0, top_p=1.0, min_p=0.0):
+    """temperature -> top-k -> top-p -> min-p (HF order), filtered tokens set to -inf.
+    `top_k` must be a Python int. With both top-k and top-p on, the nucleus is computed from
+    the sorted top-k values instead of a search over the whole vocabulary (same result)."""
+    x = apply_temperature(logits, temperature)
+    keep = _truncate(x, top_k=top_k, top_p=top_p, min_p=min_p)[0]
+    return x if keep is None else jnp.where(keep, x, NEG_INF)
 
 
 def sample_logits(key, logits, *, greedy: bool = False, temperature=1.0, top_k: int = 0,
@@ -155,17 +190,20 @@ def sample_logits(key, logits, *, greedy: bool = False, temperature=1.0, top_k: 
     compile); `lax.cond` then skips the random draw when it is set."""
     if greedy is True and _is_const(temperature, 0.0):
         temperature = 1.0  # T=0 means greedy; report logp at T=1
-    proc = process_logits(logits, temperature=temperature, top_k=top_k, top_p=top_p,
-                          min_p=min_p)
-    # log-probs as gathered logit - logsumexp: no [B, V] log_softmax arrays on the hot path
-    lse = jax.nn.logsumexp(proc, axis=-1)
+    x = apply_temperature(logits, temperature)
+    keep, probs, lse, mass = _truncate(x, top_k=top_k, top_p=top_p, min_p=min_p)
+    # log-probs as gathered logit - log-normaliser: no [B, V] log_softmax arrays on the hot path
+    lse_proc = lse if mass is None else lse + jnp.log(mass)
     argmax = lambda: jnp.argmax(logits, axis=-1).astype(jnp.int32)
-    draw = lambda: categorical(key, proc, lse=lse)
+    draw = lambda: categorical_from_probs(key, probs if keep is None else jnp.where(keep, probs, 0.0))
     if isinstance(greedy, bool):
         tok = argmax() if greedy else draw()
     else:
         tok = jax.lax.cond(greedy, argmax, draw)
-    pick = lambda x: jnp.take_along_axis(x, tok[..., None], axis=-1)[..., 0]
-    logp = pick(proc) - lse
-    logp_raw = pick(logits) - jax.nn.logsumexp(logits, axis=-1)
-    return tok, logp, logp_raw
+    if _is_const(temperature, 1.0):
+        lse_raw = lse
+    else:  # the sampler's temperature is traced: skip the second normaliser at T = 1
+        lse_raw = jax.lax.cond(jnp.asarray(temperature) == 1.0, lambda: lse,
+                               lambda: jax.nn.logsumexp(logits, axis=-1))
+    pick = lambda v: jnp.take_along_axis(v, tok[..., None], axis=-1)[..., 0]
+    return tok, pick(x) - lse_proc, pick(logits) - lse_raw
