@@ -1,9 +1,10 @@
 """Logit processors: pure functions on float32 logits [..., V] (jittable, vmappable).
 
 A filtered-out token gets logit -inf, so `log_softmax` of the result is the log-probability
-under the truncated, renormalised sampling distribution and :func:`categorical` never draws
-it. The composite :func:`process_logits` applies them in HF `generate`'s order:
-temperature -> top-k -> top-p -> min-p.
+under the truncated, renormalised sampling distribution. The composite :func:`process_logits`
+applies them in HF `generate`'s order: temperature -> top-k -> top-p -> min-p.
+:func:`sample_logits` (the decode hot path) applies the same filters as a mask over ONE
+softmax, which serves the nucleus search, the draw and both reported log-probs.
 
 Tie semantics: top-k and top-p cut at a logit THRESHOLD, so tokens tied with the last kept
 token are kept too (HF's top-k does the same; HF's top-p breaks ties by sort order). Cutting at
@@ -122,11 +123,6 @@ def categorical_from_probs(key, probs, block: int = 128):
     return b * block + w
 
 
-def categorical(key, logits, block: int = 128):
-    """One draw per row from softmax(logits); -inf logits are never drawn."""
-    return categorical_from_probs(key, jax.nn.softmax(logits.astype(jnp.float32), axis=-1), block)
-
-
 def min_p_filter(logits, min_p):
     """Keep tokens with prob >= min_p * max prob, i.e. logit >= max logit + log(min_p).
     (The ratio to the max is unchanged by earlier renormalising filters.)"""
@@ -195,7 +191,8 @@ def sample_logits(key, logits, *, greedy: bool = False, temperature=1.0, top_k: 
     # log-probs as gathered logit - log-normaliser: no [B, V] log_softmax arrays on the hot path
     lse_proc = lse if mass is None else lse + jnp.log(mass)
     argmax = lambda: jnp.argmax(logits, axis=-1).astype(jnp.int32)
-    draw = lambda: categorical_from_probs(key, probs if keep is None else jnp.where(keep, probs, 0.0))
+    draw = lambda: categorical_from_probs(
+        key, probs if keep is None else jnp.where(keep, probs, 0.0))
     if isinstance(greedy, bool):
         tok = argmax() if greedy else draw()
     else:

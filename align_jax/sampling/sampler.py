@@ -14,9 +14,9 @@ Row order with `n` samples per prompt: rows are [p0s0, p0s1, ..., p0s(n-1), p1s0
 (`np.repeat` of the prompts), i.e. row r is sample r % n of prompt r // n.
 
 Randomness: the key for decode step t is `fold_in(key, t)` (the first token is step 0); each
-step draws one uniform per row (inverse-CDF sampling, `filters.categorical`). The same key gives
-the same output, and with jax's partitionable threefry (the default) the same output on any
-mesh. A row's draws do not depend on when other rows stop.
+step draws one uniform per row (inverse-CDF sampling, `filters.categorical_from_probs`). The
+same key gives the same output, and with jax's partitionable threefry (the default) the same
+output on any mesh. A row's draws do not depend on when other rows stop.
 """
 
 from __future__ import annotations
