@@ -9,6 +9,7 @@ attention contractions. Here, once per decode call (outside the token loop):
 - LoRA adapters are merged into the base weights, q/k/v and gate/up are concatenated (fewer,
   wider GEMMs), and the weights are split per layer: one extra copy of the layer weights is held
   while decoding;
+- the output projection is held as [D, <= 8192] column blocks (faster XLA:CPU GEMMs);
 - the cache is split per layer with K stored [B, K, E, S] and V [B, K, S, E], so scores
   (q·K) and outputs (p·V) are plain batched GEMMs with no per-token transpose.
 
@@ -77,7 +78,7 @@ def decode_weights(model) -> dict:
 
     # Everything is sliced per layer BEFORE merging/concatenating, so each layer's fused
     # weight is one slice+add+concat fusion (one copy); concatenating the stacked arrays first
-    # and slicing after copied every weight twice (~0.4 s per decode call for SmolLM2).
+    # and slicing after copied every weight twice (SmolLM2: prep 270 -> 190 ms per call).
     def merged(name, l):
         w = arrs[name][l]
         if "lora_a_" + name in arrs:
