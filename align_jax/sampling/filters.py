@@ -34,14 +34,6 @@ def apply_temperature(logits, temperature):
     return logits / jnp.asarray(temperature, logits.dtype)
 
 
-def top_k_filter(logits, k: int):
-    """Keep the k largest logits (ties with the k-th are kept). k <= 0 or k >= V: no-op."""
-    if k <= 0 or k >= logits.shape[-1]:
-        return logits
-    kth = jax.lax.top_k(logits, k)[0][..., -1:]
-    return jnp.where(logits < kth, NEG_INF, logits)
-
-
 def _top_p_threshold(sorted_desc, p):
     """Smallest kept logit of the nucleus, from logits sorted in descending order [..., K].
 
@@ -84,17 +76,6 @@ def _top_p_cut(probs, p):
     return lo, mass
 
 
-def top_p_filter(logits, p):
-    """Nucleus filter: keep the smallest set of top tokens whose mass reaches p (>= 1 token);
-    see :func:`_top_p_cut`."""
-    if _is_const(p, 1.0):
-        return logits
-    probs = jax.nn.softmax(logits, axis=-1)
-    cut, _ = _top_p_cut(probs, p)
-    return jnp.where(jax.lax.bitcast_convert_type(probs, jnp.int32) < cut[..., None], NEG_INF,
-                     logits)
-
-
 def categorical_from_probs(key, probs, block: int = 128):
     """One draw per row from unnormalised probabilities [..., V] (zeros are never drawn) by
     two-level inverse-CDF sampling.
@@ -121,15 +102,6 @@ def categorical_from_probs(key, probs, block: int = 128):
     # clamp at 0 so float rounding cannot land on a leading zero-probability token
     w = pick(jnp.cumsum(inner, axis=-1), inner, jnp.maximum(u - before, 0.0))
     return b * block + w
-
-
-def min_p_filter(logits, min_p):
-    """Keep tokens with prob >= min_p * max prob, i.e. logit >= max logit + log(min_p).
-    (The ratio to the max is unchanged by earlier renormalising filters.)"""
-    if _is_const(min_p, 0.0):
-        return logits
-    thr = jnp.max(logits, axis=-1, keepdims=True) + jnp.log(jnp.asarray(min_p, logits.dtype))
-    return jnp.where(logits < thr, NEG_INF, logits)
 
 
 def _truncate(x, *, top_k: int, top_p, min_p):
@@ -170,6 +142,23 @@ def process_logits(logits, *, temperature=1.0, top_k: int = 0, top_p=1.0, min_p=
     x = apply_temperature(logits, temperature)
     keep = _truncate(x, top_k=top_k, top_p=top_p, min_p=min_p)[0]
     return x if keep is None else jnp.where(keep, x, NEG_INF)
+
+
+# The single filters, for callers that want one: the same mask code as process_logits.
+def top_k_filter(logits, k: int):
+    """Keep the k largest logits (ties with the k-th are kept). k <= 0 or k >= V: no-op."""
+    return process_logits(logits, top_k=k)
+
+
+def top_p_filter(logits, p):
+    """Nucleus filter: keep the smallest set of top tokens whose mass reaches p (>= 1 token);
+    see :func:`_top_p_cut`."""
+    return process_logits(logits, top_p=p)
+
+
+def min_p_filter(logits, min_p):
+    """Keep tokens with prob >= min_p * max prob, i.e. logit >= max logit + log(min_p)."""
+    return process_logits(logits, min_p=min_p)
 
 
 def sample_logits(key, logits, *, greedy: bool = False, temperature=1.0, top_k: int = 0,
