@@ -17,6 +17,7 @@ import numpy as np
 from flax import nnx
 
 from align_jax.models.config import DecoderConfig
+from align_jax.paths import resolve_dir
 from align_jax.models.llama import Decoder
 
 # our stacked name -> HF per-layer suffix (after "model.layers.{i}.")
@@ -203,7 +204,7 @@ def save_hf_dir(model: Decoder, out_dir: str | os.PathLike, dtype: str = "float3
     Files are written to a temp name and renamed, so a killed export never leaves a torn file."""
     from safetensors.numpy import save_file
 
-    out = Path(out_dir)
+    out = resolve_dir(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     cfg = model.cfg.replace(lora_rank=0)
     tensors = params_to_hf(merged_flat_params(model), cfg)

@@ -28,6 +28,8 @@ import jax
 import orbax.checkpoint as ocp
 from etils import epath
 
+from align_jax.paths import resolve_dir
+
 log = logging.getLogger(__name__)
 
 COMMIT_MARKER = "commit_success.txt"
@@ -90,7 +92,7 @@ class Checkpointer:
 
     def __init__(self, directory: str | os.PathLike, save_every: int = 1000, keep: int | None = 3,
                  async_save: bool = True):
-        self.directory = epath.Path(directory)
+        self.directory = epath.Path(resolve_dir(directory))  # orbax needs absolute paths
         self.skipped = quarantine_incomplete(self.directory)
         # Every `save_every` steps, plus orbax's save-on-preemption; not orbax's default "always
         # save the first step seen" (a resumed run would otherwise save off-interval).

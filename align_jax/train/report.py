@@ -9,10 +9,13 @@ import time
 from pathlib import Path
 from typing import Mapping, Sequence
 
+from align_jax.paths import resolve_dir
+
 
 def make_run_dir(experiment: str, out_dir: str | None = None, root: str = "runs") -> Path:
-    """`out_dir` when given (re-using it resumes), else runs/<experiment>-<timestamp>/."""
-    path = Path(out_dir) if out_dir else Path(root) / f"{experiment}-{time.strftime('%Y%m%d-%H%M%S')}"
+    """`out_dir` when given (re-using it resumes), else runs/<experiment>-<timestamp>/; always
+    returned absolute (see `align_jax.paths`), so checkpoints and exports below it are too."""
+    path = resolve_dir(out_dir if out_dir else Path(root) / f"{experiment}-{time.strftime('%Y%m%d-%H%M%S')}")
     path.mkdir(parents=True, exist_ok=True)
     return path
 
