@@ -13,7 +13,9 @@ import dataclasses
 import json
 import types
 import typing
-from typing import Any
+from typing import Any, Callable
+
+from align_jax.errors import ConfigError, UserError
 
 
 def _convert(raw: str, typ: Any, key: str) -> Any:
@@ -60,7 +62,7 @@ def parse_overrides(cfg, argv: list[str]):
     """Return a copy of dataclass `cfg` with `key=value` items of argv applied."""
     for item in argv:
         if "=" not in item:
-            raise SystemExit(f"argument {item!r}: expected key=value (see the config dataclass)")
+            raise ConfigError(f"argument {item!r}: expected key=value (see the config dataclass)")
         key, raw = item.split("=", 1)
         cfg = _set(cfg, key.strip().split("."), raw, key)
     return cfg
@@ -70,19 +72,37 @@ def _set(obj, path: list[str], raw: str, full_key: str):
     fields = {f.name: f for f in dataclasses.fields(obj)}
     name = path[0]
     if name not in fields:
-        raise SystemExit(f"unknown config key {full_key!r}; valid keys: {', '.join(sorted(fields))}")
+        raise ConfigError(f"unknown config key {full_key!r}; valid keys: {', '.join(sorted(fields))}")
     hints = typing.get_type_hints(type(obj))
     cur = getattr(obj, name)
     if len(path) > 1:
         if not dataclasses.is_dataclass(cur):
-            raise SystemExit(f"config key {full_key!r}: {name!r} has no sub-keys")
+            raise ConfigError(f"config key {full_key!r}: {name!r} has no sub-keys")
         return dataclasses.replace(obj, **{name: _set(cur, path[1:], raw, full_key)})
     try:
         val = _convert(raw, hints[name], full_key)
     except ValueError as e:
-        raise SystemExit(f"bad override: {e}") from None
+        raise ConfigError(f"bad override: {e}") from None
     return dataclasses.replace(obj, **{name: val})
 
 
 def config_dict(cfg) -> dict:
     return dataclasses.asdict(cfg)
+
+
+def run_main(main: Callable[[list[str]], Any], argv: list[str] | None = None) -> Any:
+    """Entry point of every experiment: user errors (`align_jax.errors.UserError`: config, data,
+    paths) print ONE line `error: …` and exit 2; internal errors keep their traceback.
+    `ALIGN_JAX_DEBUG=1` re-raises user errors with their traceback."""
+    import os
+    import sys
+
+    argv = sys.argv[1:] if argv is None else argv
+    try:
+        return main(argv)
+    except (UserError, FileNotFoundError) as e:
+        if os.environ.get("ALIGN_JAX_DEBUG") == "1":
+            raise
+        msg = str(e) if isinstance(e, UserError) else f"no such file: {e.filename or e}"
+        print(f"error: {msg}", file=sys.stderr)
+        raise SystemExit(2) from None

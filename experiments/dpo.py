@@ -34,7 +34,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from align_jax.algorithms.preference import (ExperimentConfig, load_splits,  # noqa: E402
                                              run_experiment)
-from align_jax.cli import parse_overrides  # noqa: E402
+from align_jax.cli import parse_overrides, run_main  # noqa: E402
 from align_jax.data import PreferencePair, UnpairedExample, pairs_to_unpaired  # noqa: E402
 from align_jax.losses import KTOConfig, PAIR_LOSSES, PrefConfig  # noqa: E402
 
@@ -103,4 +103,4 @@ def _check(examples, cls, source) -> None:
 
 
 if __name__ == "__main__":
-    main(sys.argv[1:])
+    run_main(main)

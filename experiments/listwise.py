@@ -32,7 +32,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from align_jax.algorithms.preference import (ExperimentConfig, load_splits,  # noqa: E402
                                              run_experiment)
-from align_jax.cli import parse_overrides  # noqa: E402
+from align_jax.cli import parse_overrides, run_main  # noqa: E402
 from align_jax.data import RankedList  # noqa: E402
 from align_jax.losses import ListwiseConfig  # noqa: E402
 
@@ -66,4 +66,4 @@ def main(argv: list[str]) -> dict:
 
 
 if __name__ == "__main__":
-    main(sys.argv[1:])
+    run_main(main)

@@ -26,7 +26,7 @@ from align_jax.algorithms import refalign as ra  # noqa: E402
 from align_jax.algorithms.online_loop import (LoopConfig, OptimConfig, as_record,  # noqa: E402
                                               train_online)
 from align_jax.algorithms.refalign_eval import generate_answers  # noqa: E402
-from align_jax.cli import config_dict, parse_overrides  # noqa: E402
+from align_jax.cli import config_dict, parse_overrides, run_main  # noqa: E402
 from align_jax.data import load_bundled, load_examples  # noqa: E402
 from align_jax.models import export_hf, load_causal_lm  # noqa: E402
 from align_jax.rewards import confidence as conf  # noqa: E402
@@ -141,4 +141,4 @@ def main(argv: list[str]) -> dict:
 
 
 if __name__ == "__main__":
-    main(sys.argv[1:])
+    run_main(main)

@@ -26,7 +26,7 @@ from align_jax.algorithms.online_loop import (LoopConfig, OptimConfig, as_record
                                               train_online)
 from align_jax.algorithms.online_simpo import OnlineSimPOObjective  # noqa: E402
 from align_jax.algorithms.refalign_eval import evaluate  # noqa: E402
-from align_jax.cli import config_dict, parse_overrides  # noqa: E402
+from align_jax.cli import config_dict, parse_overrides, run_main  # noqa: E402
 from align_jax.data import load_bundled, load_examples, prompt_text  # noqa: E402
 from align_jax.models import export_hf, load_causal_lm  # noqa: E402
 from align_jax.sampling.sampler import SamplingConfig  # noqa: E402
@@ -125,4 +125,4 @@ def main(argv: list[str]) -> dict:
 
 
 if __name__ == "__main__":
-    main(sys.argv[1:])
+    run_main(main)

@@ -35,7 +35,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from align_jax.algorithms.preference import (ExperimentConfig, load_splits,  # noqa: E402
                                              run_experiment)
 from align_jax.algorithms.rpo_embed import prompt_embeddings  # noqa: E402
-from align_jax.cli import parse_overrides  # noqa: E402
+from align_jax.cli import parse_overrides, run_main  # noqa: E402
 from align_jax.data import PreferencePair  # noqa: E402
 from align_jax.losses import RPOConfig  # noqa: E402
 
@@ -80,4 +80,4 @@ def main(argv: list[str]) -> dict:
 
 
 if __name__ == "__main__":
-    main(sys.argv[1:])
+    run_main(main)

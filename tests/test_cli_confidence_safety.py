@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 
 from align_jax.cli import parse_overrides
+from align_jax.errors import ConfigError
 from align_jax.rewards import confidence as C
 from align_jax.rewards.safety import contrast_scorer, make_harmless_scorer, refusal_score
 
@@ -31,11 +32,11 @@ def test_overrides_types_and_errors():
                                    "mesh=2,2,2", "sampling.top_p=0.9"])
     assert cfg == _Cfg(7, 3e-6, "/x", True, (2, 2, 2), _Inner(0.9))
     assert parse_overrides(_Cfg(model="a"), ["model=none"]).model is None
-    with pytest.raises(SystemExit, match="unknown config key 'stpes'"):
+    with pytest.raises(ConfigError, match="unknown config key 'stpes'"):
         parse_overrides(_Cfg(), ["stpes=3"])
-    with pytest.raises(SystemExit, match="expected int"):
+    with pytest.raises(ConfigError, match="expected int"):
         parse_overrides(_Cfg(), ["steps=three"])
-    with pytest.raises(SystemExit, match="expected key=value"):
+    with pytest.raises(ConfigError, match="expected key=value"):
         parse_overrides(_Cfg(), ["steps"])
 
 

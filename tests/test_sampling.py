@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 import torch
 
+from align_jax.errors import ConfigError
 from align_jax.models import hf_io
 from align_jax.sampling import (SamplingConfig, decode_responses, generate, process_logits,
                                 stream_generate)
@@ -314,5 +315,5 @@ def test_generate_cli_streams_default_policy(capsys):
     out, err = capsys.readouterr()
     assert "Paris" in out and out.count("\n") == 1
     assert "tokens in" in err
-    with pytest.raises(SystemExit, match="max_new_tokens"):
+    with pytest.raises(ConfigError, match="max_new_tokens"):
         main(["hi", "max_new_tokens=lots"])

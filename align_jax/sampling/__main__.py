@@ -40,6 +40,7 @@ class CliConfig:
 
 def main(argv: list[str] | None = None) -> int:
     from align_jax.cli import parse_overrides
+    from align_jax.errors import ConfigError
 
     argv = sys.argv[1:] if argv is None else argv
     if not argv or argv[0] in ("-h", "--help"):
@@ -48,7 +49,7 @@ def main(argv: list[str] | None = None) -> int:
     prompts = [a for a in argv if "=" not in a]
     cfg = parse_overrides(CliConfig(), [a for a in argv if "=" in a])
     if not prompts:
-        raise SystemExit('no prompt given: python -m align_jax.sampling "your prompt" [key=value]')
+        raise ConfigError('no prompt given: python -m align_jax.sampling "your prompt" [key=value]')
 
     import jax
     import numpy as np
@@ -62,7 +63,7 @@ def main(argv: list[str] | None = None) -> int:
     t0 = time.perf_counter()
     model, tok = load_causal_lm(cfg.model)
     if tok is None:
-        raise SystemExit(f"{cfg.model}: no tokenizer files next to the weights")
+        raise ConfigError(f"{cfg.model}: no tokenizer files next to the weights")
     mesh = make_mesh(cfg.mesh) if cfg.mesh else None
     scfg = tokenizer_defaults(model, tok, SamplingConfig(
         max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature, top_k=cfg.top_k,
@@ -94,4 +95,6 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from align_jax.cli import run_main
+
+    sys.exit(run_main(main))
