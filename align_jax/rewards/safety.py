@@ -8,8 +8,10 @@ Every scorer has one interface: `scorer(prompts, responses, records) -> np.ndarr
 - `refusal`: regex refusal / unsafe-compliance patterns, for the offline default.
 - `contrast`: S(y, safe_reference) − S(y, unsafe_response) with any similarity scorer, where the
   data has a known unsafe response (PKU-SafeRLHF does); 0 elsewhere.
-- `classifier`: a sequence-classification checkpoint (BERT/RoBERTa with a score head, HF weights),
-  e.g. a cost or safety model at paper scale (see `align_jax.rewards.classifier`).
+- `classifier`: with `classifier_path=`, a sequence-classification checkpoint (BERT/RoBERTa with
+  a score head, HF weights), e.g. a cost or safety model at paper scale (see
+  `align_jax.rewards.classifier`); without a path, the LEARNED offline classifier of
+  `align_jax.rewards.safety_classifier` (its reward half), trained in seconds at start-up.
 """
 
 from __future__ import annotations
@@ -43,10 +45,10 @@ def refusal_score(text: str) -> float:
     return float(ref) - float(comp)
 
 
-REFUSAL_UNIT = 0.05
+HARMLESS_UNIT = 0.25
 
 
-def refusal_scorer(over_refusal_penalty: float = 0.5, unit: float = REFUSAL_UNIT) -> HarmlessScorer:
+def refusal_scorer(over_refusal_penalty: float = 0.5, unit: float = HARMLESS_UNIT) -> HarmlessScorer:
     """Risky prompts: unit·refusal_score. Benign prompts: −unit·penalty for refusing
     (over-refusal is not harmless-helpful), else 0. Records without a category count as risky.
 
@@ -88,18 +90,44 @@ def contrast_scorer(similarity) -> HarmlessScorer:
     return score
 
 
+def learned_scorer(prob_safe, over_refusal_penalty: float = 0.5,
+                   unit: float = HARMLESS_UNIT) -> HarmlessScorer:
+    """Risky prompts: unit·(2·P(safe | answer) − 1), P from a learned classifier
+    (`prob_safe(responses) -> [B]`). Benign prompts: the same over-refusal rule as `refusal`
+    (a safe/unsafe classifier cannot see over-refusal: refusing is always "safe")."""
+
+    def score(prompts, responses, records):
+        out = np.zeros(len(responses), np.float32)
+        risky = [i for i, r in enumerate(records) if r.get("category", "risky") != "benign"]
+        if risky:
+            p = np.asarray(prob_safe([responses[i] for i in risky]), np.float32)
+            out[risky] = 2.0 * p - 1.0
+        for i, (y, rec) in enumerate(zip(responses, records)):
+            if rec.get("category", "risky") == "benign" and refusal_score(y) > 0:
+                out[i] = -over_refusal_penalty
+        return out * np.float32(unit)
+
+    return score
+
+
 def make_harmless_scorer(name: str, *, similarity=None, classifier_path: str | None = None,
                          classifier_label: int = 0, over_refusal_penalty: float = 0.5,
-                         refusal_unit: float = REFUSAL_UNIT, **_) -> HarmlessScorer:
+                         refusal_unit: float = HARMLESS_UNIT, learned=None,
+                         **_) -> HarmlessScorer:
+    """`learned`: a `SafetyClassifier` for `classifier` without a path (trained if None)."""
     if name == "refusal":
         return refusal_scorer(over_refusal_penalty, refusal_unit)
     if name == "contrast":
         if similarity is None:
             raise ValueError("harmless scorer 'contrast' needs a similarity scorer")
         return contrast_scorer(similarity)
+    if name == "classifier" and not classifier_path:
+        if learned is None:
+            from align_jax.rewards.safety_classifier import train_safety_classifiers
+
+            learned = train_safety_classifiers(getattr(similarity, "encoder_pair", None))[0]
+        return learned_scorer(learned.prob_safe, over_refusal_penalty, refusal_unit)
     if name == "classifier":
-        if not classifier_path:
-            raise ValueError("harmless scorer 'classifier' needs classifier_path=<HF checkpoint dir>")
         from align_jax.rewards.classifier import load_sequence_classifier
 
         clf = load_sequence_classifier(classifier_path)

@@ -208,6 +208,11 @@ class _EncoderScorer:
                           if i is not None}
         self._graphdef, self._state = nnx.split(self.encoder)
 
+    @property
+    def encoder_pair(self):
+        """(encoder, tokenizer): lets other scorers share this loaded encoder."""
+        return self.encoder, self.tokenizer
+
     # -- host side
     def _clean(self, texts: Sequence[str]) -> list[str]:
         if self.strip:

@@ -109,3 +109,23 @@ def progress_bar(total: int, start: int, name: str, enabled: bool = True):
     from tqdm.auto import tqdm
 
     return tqdm(total=total, initial=start, desc=name, unit="step", dynamic_ncols=True)
+
+
+def seed_table(runs: Sequence[Mapping]) -> str:
+    """Markdown: metric | before mean ± sd | after mean ± sd | after per seed, over runs
+    [{"seed": s, "before": {...}, "after": {...}}] (sd = sample standard deviation, n − 1)."""
+    import numpy as np
+
+    def ms(vals):
+        v = np.asarray(vals, np.float64)
+        sd = float(v.std(ddof=1)) if len(v) > 1 else 0.0
+        return f"{v.mean():.3f} ± {sd:.3f}"
+
+    seeds = [r["seed"] for r in runs]
+    head = ["metric", "before", "after"] + [f"after (seed {s})" for s in seeds]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for k in runs[0]["after"]:
+        b = [r["before"].get(k, float("nan")) for r in runs]
+        a = [r["after"].get(k, float("nan")) for r in runs]
+        lines.append("| " + " | ".join([k, ms(b), ms(a)] + [f"{x:.3f}" for x in a]) + " |")
+    return "\n".join(lines) + "\n"
