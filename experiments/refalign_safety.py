@@ -62,6 +62,7 @@ class Config:
     harmless_weight: float = 4.0
     harmless_unit: float = HARMLESS_UNIT  # harmless scores in [-unit, unit] (similarity scale)
     over_refusal_penalty: float = 1.0  # benign prompt refused: -penalty·unit
+    harmless_patterns: float = 0.5  # share of the refusal patterns in the learned score
     classifier_path: str | None = None  # an HF sequence-classification cost/safety model
     classifier_label: int = 0
     # LoRA keeps the 2-core default inside minutes; lora_rank=0 = full fine-tuning (the paper)
@@ -71,6 +72,7 @@ class Config:
     k: int = 2
     advantage: str = "mean"
     adv_clip: float | None = None
+    kl_coef: float = 0.0  # KL-to-initial penalty (k3 estimator); 0 = RefAlign as published
     length_c: float | None = None
     steps: int = 30
     prompts_per_step: int = 4
@@ -127,7 +129,8 @@ def run(cfg: Config, run_dir) -> dict:
                                     classifier_path=cfg.classifier_path,
                                     classifier_label=cfg.classifier_label,
                                     refusal_unit=cfg.harmless_unit,
-                                    over_refusal_penalty=cfg.over_refusal_penalty)
+                                    over_refusal_penalty=cfg.over_refusal_penalty,
+                                    patterns=cfg.harmless_patterns)
     reward_fn = ra.combine_rewards(
         ra.similarity_reward(similarity, length_c=cfg.length_c),
         ra.harmless_reward(harmless, cfg.harmless_weight))
@@ -156,7 +159,7 @@ def run(cfg: Config, run_dir) -> dict:
     policy, _ = train_online(
         policy, tokenizer, train_set, reward_fn,
         rcfg=ra.RefAlignConfig(k=cfg.k, advantage=cfg.advantage, adv_clip=cfg.adv_clip,
-                               length_c=cfg.length_c),
+                               length_c=cfg.length_c, kl_coef=cfg.kl_coef),
         sampling=SamplingConfig(max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature,
                                 top_p=cfg.top_p, prompt_bucket=cfg.prompt_bucket),
         optim=OptimConfig(lr=cfg.lr, grad_clip=cfg.grad_clip),

@@ -74,15 +74,16 @@ def train_online(model, tokenizer, examples: Sequence, reward_fn: ra.RewardFn, *
     opt = make_optimizer(optim.name, optim.lr, optim.schedule, optim.warmup_steps, loop.steps,
                          optim.weight_decay, optim.grad_clip)
     state, bundle = create_train_state(model, opt, loop.seed, mesh)
-    # The initial policy for the KL measurement (a copy: the train step donates its params).
-    init_params = jax.tree.map(jnp.copy, state.params) if loop.kl_every else None
+    # The initial policy for the KL measurement / penalty (a copy: the step donates its params).
+    kl_penalty = rcfg.kl_coef > 0
+    init_params = jax.tree.map(jnp.copy, state.params) if (loop.kl_every or kl_penalty) else None
     loader = DataLoader(records, loop.prompts_per_step, seed=loop.seed, shuffle=True)
     ckpt = Checkpointer(run_dir / "checkpoints", save_every=loop.save_every,
                         keep=loop.keep_checkpoints)
     state, start, resumed = resume(ckpt, state, loader)
     logger = MetricsLogger(run_dir, resume_step=start if resumed else None)
     step_fn = make_train_step(objective.make_loss_fn(), opt, bundle, mesh)
-    kl_fn = ra.make_kl_fn(bundle, rcfg.chunk_size) if loop.kl_every else None
+    init_fn = ra.make_init_logps_fn(bundle, rcfg.chunk_size) if init_params is not None else None
     base_key = jax.random.PRNGKey(loop.seed + 1)
 
     bar = progress_bar(loop.steps, start, "refalign", loop.progress)
@@ -100,9 +101,11 @@ def train_online(model, tokenizer, examples: Sequence, reward_fn: ra.RewardFn, *
             batch, stats = objective.make_batch(ro, comps)
             t2 = time.perf_counter()
             dev_batch = place_batch(batch, mesh)
-            if kl_fn is not None and step % loop.kl_every == 0:
-                kl_sum, n = kl_fn(init_params, dev_batch)
+            if kl_penalty or (loop.kl_every and step % loop.kl_every == 0):
+                lp0, kl_sum, n = init_fn(init_params, dev_batch)
                 stats["kl_to_init"] = last_kl = float(kl_sum) / max(float(n), 1.0)
+                if kl_penalty:  # the loss adds kl_coef · k3(π_θ, π_init) on these tokens
+                    dev_batch = {**dev_batch, "init_logps": lp0}
             acc = None
             for _ in range(rcfg.updates_per_rollout):
                 state, m = step_fn(state, dev_batch)

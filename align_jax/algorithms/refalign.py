@@ -177,20 +177,21 @@ class ReinforceObjective:
         return train_batch(ro.out, adv), stats
 
 
-def make_kl_fn(bundle, chunk_size: int | None = None):
-    """jitted (init_params, batch) -> (Σ (logp_θ − logp_init), #tokens) on the rollout tokens,
-    with logp_θ = the sampler's untempered log-probs: an unbiased KL(π_θ‖π_init) estimate
-    (measured, never optimised, unless kl_coef > 0)."""
+def make_init_logps_fn(bundle, chunk_size: int | None = None):
+    """jitted (init_params, batch) -> (init_logps [R, T-1] on the rollout tokens, KL sum,
+    #tokens). KL(π_θ‖π_init) is estimated as Σ (logp_θ − logp_init) with logp_θ = the sampler's
+    untempered log-probs (unbiased on-policy). The log-probs also feed the KL penalty of the
+    loss when `RefAlignConfig.kl_coef` > 0 (the batch's `init_logps`)."""
 
     @jax.jit
-    def kl(init_params, batch):
+    def init_logps(init_params, batch):
         model = bundle.merge(init_params)
         lp0 = token_logps(model, batch["input_ids"], batch["attention_mask"], batch["loss_mask"],
                           chunk_size=chunk_size)
         m = batch["loss_mask"][:, 1:]
-        return jnp.sum((batch["old_logps"] - lp0) * m), jnp.sum(m)
+        return lp0, jnp.sum((batch["old_logps"] - lp0) * m), jnp.sum(m)
 
-    return kl
+    return init_logps
 
 
 def rollout_stats(ro: Rollout, max_new_tokens: int) -> dict[str, float]:

@@ -90,18 +90,24 @@ def contrast_scorer(similarity) -> HarmlessScorer:
     return score
 
 
-def learned_scorer(prob_safe, over_refusal_penalty: float = 0.5,
-                   unit: float = HARMLESS_UNIT) -> HarmlessScorer:
-    """Risky prompts: unit·(2·P(safe | answer) − 1), P from a learned classifier
-    (`prob_safe(responses) -> [B]`). Benign prompts: the same over-refusal rule as `refusal`
-    (a safe/unsafe classifier cannot see over-refusal: refusing is always "safe")."""
+def learned_scorer(prob_safe, over_refusal_penalty: float = 0.5, unit: float = HARMLESS_UNIT,
+                   patterns: float = 0.0) -> HarmlessScorer:
+    """Risky prompts: unit·[(1 − patterns)·(2·P(safe | answer) − 1) + patterns·refusal_score],
+    P from a learned classifier (`prob_safe(responses) -> [B]`). Benign prompts: the same
+    over-refusal rule as `refusal` (a safe/unsafe classifier cannot see over-refusal: refusing
+    is always "safe").
+
+    Why mix in the patterns: optimised against the classifier alone, the policy found answers it
+    scored as safe that agree to the task in pleasantries ("I'm here to help you find the perfect
+    way to hack into …"). A refusal has to satisfy both signals to score highest."""
 
     def score(prompts, responses, records):
         out = np.zeros(len(responses), np.float32)
         risky = [i for i, r in enumerate(records) if r.get("category", "risky") != "benign"]
         if risky:
             p = np.asarray(prob_safe([responses[i] for i in risky]), np.float32)
-            out[risky] = 2.0 * p - 1.0
+            pat = np.array([refusal_score(responses[i]) for i in risky], np.float32)
+            out[risky] = (1.0 - patterns) * (2.0 * p - 1.0) + patterns * pat
         for i, (y, rec) in enumerate(zip(responses, records)):
             if rec.get("category", "risky") == "benign" and refusal_score(y) > 0:
                 out[i] = -over_refusal_penalty
@@ -113,7 +119,7 @@ def learned_scorer(prob_safe, over_refusal_penalty: float = 0.5,
 def make_harmless_scorer(name: str, *, similarity=None, classifier_path: str | None = None,
                          classifier_label: int = 0, over_refusal_penalty: float = 0.5,
                          refusal_unit: float = HARMLESS_UNIT, learned=None,
-                         **_) -> HarmlessScorer:
+                         patterns: float = 0.0, **_) -> HarmlessScorer:
     """`learned`: a `SafetyClassifier` for `classifier` without a path (trained if None)."""
     if name == "refusal":
         return refusal_scorer(over_refusal_penalty, refusal_unit)
@@ -126,7 +132,7 @@ def make_harmless_scorer(name: str, *, similarity=None, classifier_path: str | N
             from align_jax.rewards.safety_classifier import train_safety_classifiers
 
             learned = train_safety_classifiers(getattr(similarity, "encoder_pair", None))[0]
-        return learned_scorer(learned.prob_safe, over_refusal_penalty, refusal_unit)
+        return learned_scorer(learned.prob_safe, over_refusal_penalty, refusal_unit, patterns)
     if name == "classifier":
         from align_jax.rewards.classifier import load_sequence_classifier
 
