@@ -168,7 +168,7 @@ class Checkpointer:
         try:
             got = self._stored(step)
         except Exception as e:  # noqa: BLE001  (any unreadable metadata means a bad step)
-            return f"unreadable metadata ({type(e).__name__}: {_short(e)})"
+            return f"unreadable metadata ({_why(e)})"
         if expected is not None and got != expected:
             diff = sorted(set(got.items()) ^ set(expected.items()))
             return f"metadata differs from what was saved (e.g. {diff[0][0]})"
@@ -227,7 +227,7 @@ class Checkpointer:
             try:
                 state, extra = self.restore(step, abstract_state)
             except Exception as e:  # noqa: BLE001  (any failure: try the previous step)
-                why = f"{type(e).__name__}: {_short(e)}"
+                why = _why(e)
                 if jax.process_index() == 0:
                     _move_aside(self.directory, str(step), "corrupt", f"does not restore ({why})")
                 _sync("align_jax.checkpoint.fallback")
@@ -277,8 +277,12 @@ class Checkpointer:
         self.close()
 
 
-def _short(e: BaseException, limit: int = 160) -> str:
-    text = " ".join(str(e).split())
+def _why(e: BaseException, limit: int = 200) -> str:
+    """``Type: message`` of the root cause (orbax wraps tensorstore's informative error, e.g.
+    ``OUT_OF_RANGE … value of size 0``, in a generic one), on one line."""
+    while (e.__cause__ or e.__context__) is not None:
+        e = e.__cause__ or e.__context__
+    text = f"{type(e).__name__}: " + " ".join(str(e).split())
     return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
