@@ -92,6 +92,7 @@ def test_nonfinite_step_is_not_applied_counted_and_donation_kept():
                               jax.tree.leaves(before.params)[0])
 
 
+@pytest.mark.filterwarnings("ignore:overflow encountered in cast:RuntimeWarning")  # lr=1e39
 def test_step_with_finite_loss_but_overflowing_weights_is_skipped():
     # lr=1e39 is inf in float32: loss and gradient are finite, the new weights are not
     opt = make_optimizer("sgd", lr=1e39, schedule="constant", grad_clip=None)

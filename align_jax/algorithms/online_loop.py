@@ -22,6 +22,7 @@ from align_jax.data.loader import DataLoader
 from align_jax.sampling.sampler import SamplingConfig
 from align_jax.sharding import place_batch
 from align_jax.sanity import check_config
+from align_jax.train.guard import SKIP_KEY
 from align_jax.train.metrics import compute
 from align_jax.train.optim import make_optimizer
 from align_jax.train.report import progress_bar
@@ -107,10 +108,12 @@ def train_online(model, tokenizer, examples: Sequence, reward_fn: ra.RewardFn, *
             if kl_fn is not None and step % loop.kl_every == 0:
                 kl_sum, n = kl_fn(init_params, dev_batch)
                 stats["kl_to_init"] = last_kl = float(kl_sum) / max(float(n), 1.0)
-            acc = None
+            acc, skips = None, []
             for _ in range(rcfg.updates_per_rollout):
                 state, m = step_fn(state, dev_batch)
-                acc = m
+                acc, skips = m, skips + [m[SKIP_KEY]]
+            # metrics are the last update's, but a skipped update anywhere is counted
+            acc[SKIP_KEY] = tuple(sum(x) for x in zip(*skips))
             stats.update({f"train/{k}": v for k, v in compute(jax.device_get(acc)).items()})
             t3 = time.perf_counter()
             stats.update(ra.rollout_stats(ro, sampling.max_new_tokens))

@@ -397,7 +397,8 @@ def load_examples(
         except RecordError as e:
             err = DataError(str(e), source=raw.source, location=raw.location)
             if not skip_bad_records:
-                raise err from None
+                raise DataError(f"{e} (skip_bad_records=true skips and counts bad records)",
+                                source=raw.source, location=raw.location) from None
             result.num_skipped += 1
             if len(result.skipped) < _MAX_KEPT_MESSAGES:
                 result.skipped.append(str(err))

@@ -97,7 +97,6 @@ class NonFiniteGuard:
                    "advantages equal (k=1, temperature=0, identical rewards), or activations that "
                    "overflowed float32 after a too-large lr (RMSNorm's mean(x²)=inf zeroes the "
                    "hidden states, so the logits are exactly 0)")
-            log.warning(msg)
             print(msg)
 
     def _message(self, step: int, stats, latest_checkpoint) -> str:

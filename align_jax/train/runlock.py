@@ -96,6 +96,10 @@ def acquire(run_dir) -> RunLock | None:
             os.close(fd)
             raise RunDirBusy(f"run directory {run_dir} is in use by another run: "
                              f"{_describe(info)}; wait for it or pick another out_dir") from None
+        except OSError as e:  # a filesystem without locks (some network mounts): run unlocked
+            os.close(fd)
+            log.warning("%s: cannot lock (%s); make sure one run uses it at a time", path, e)
+            return None
         try:
             same = os.fstat(fd).st_ino == os.stat(path).st_ino
         except FileNotFoundError:
@@ -113,10 +117,8 @@ def acquire(run_dir) -> RunLock | None:
             os.close(fd)
             raise RunDirBusy(f"run directory {run_dir} has a lock from another host: "
                              f"{_describe(prev)}; if that run is gone, delete {path}")
-        msg = (f"[align_jax] warning: taking over the stale lock of {run_dir} ({_describe(prev)} "
-               "is no longer running)")
-        log.warning(msg)
-        print(msg, file=sys.stderr)
+        print(f"[align_jax] warning: taking over the stale lock of {run_dir} ({_describe(prev)} "
+              "is no longer running)", file=sys.stderr)
     os.ftruncate(fd, 0)
     os.lseek(fd, 0, os.SEEK_SET)
     os.write(fd, json.dumps(me).encode("utf-8"))
