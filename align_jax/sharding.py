@@ -17,6 +17,8 @@ import jax
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
+from align_jax.errors import ConfigError
+
 MESH_AXES = ("data", "fsdp", "tensor")
 
 # logical name -> mesh axis (or tuple of axes, or None = replicated). Order matters only for
@@ -55,10 +57,15 @@ class MeshConfig:
             return spec
         if isinstance(spec, str):
             parts = [p for p in spec.replace("x", ",").split(",") if p.strip()]
-            spec = [int(p) for p in parts]
+            try:
+                spec = [int(p) for p in parts]
+            except ValueError:
+                raise ConfigError(f"mesh={spec!r}: expected 3 integers data,fsdp,tensor "
+                                  "(-1 = fill with the remaining devices)") from None
         vals = list(spec)
-        if len(vals) != 3:
-            raise ValueError(f"mesh needs 3 sizes (data,fsdp,tensor), got {vals!r}")
+        if len(vals) != 3 or vals.count(-1) > 1 or any(v == 0 or v < -1 for v in vals):
+            raise ConfigError(f"mesh={vals!r}: expected 3 sizes data,fsdp,tensor, each >= 1 "
+                              "except at most one -1 (fill)")
         return cls(*vals)
 
 
@@ -68,14 +75,15 @@ def make_mesh(cfg: "MeshConfig | str | Sequence[int] | None" = None, devices=Non
     sizes = [cfg.data, cfg.fsdp, cfg.tensor]
     n_fill = sizes.count(-1)
     if n_fill > 1:
-        raise ValueError(f"at most one mesh axis may be -1, got {sizes}")
+        raise ConfigError(f"mesh={sizes}: at most one axis may be -1")
     known = math.prod(s for s in sizes if s != -1)
     if n_fill:
         if len(devices) % known:
-            raise ValueError(f"{len(devices)} devices do not divide by mesh sizes {sizes}")
+            raise ConfigError(f"mesh={sizes}: {len(devices)} devices do not divide by the fixed "
+                              f"sizes (product {known})")
         sizes[sizes.index(-1)] = len(devices) // known
     if math.prod(sizes) != len(devices):
-        raise ValueError(f"mesh {sizes} needs {math.prod(sizes)} devices, have {len(devices)}")
+        raise ConfigError(f"mesh={sizes} needs {math.prod(sizes)} devices, have {len(devices)}")
     arr = np.asarray(devices).reshape(sizes)
     return Mesh(arr, MESH_AXES)
 

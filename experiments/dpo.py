@@ -36,7 +36,9 @@ from align_jax.algorithms.preference import (ExperimentConfig, load_splits,  # n
                                              run_experiment)
 from align_jax.cli import parse_overrides, run_main  # noqa: E402
 from align_jax.data import PreferencePair, UnpairedExample, pairs_to_unpaired  # noqa: E402
+from align_jax.errors import ConfigError  # noqa: E402
 from align_jax.losses import KTOConfig, PAIR_LOSSES, PrefConfig  # noqa: E402
+from align_jax.sanity import check_config  # noqa: E402
 
 UNPAIRED = ("kto", "apo_zero_unpaired")
 
@@ -69,7 +71,7 @@ def loss_config(cfg: Config):
                          undesirable_weight=cfg.undesirable_weight)
     bad = [n for n in names if n not in PAIR_LOSSES]
     if bad:
-        raise SystemExit(f"loss {bad}: expected pairwise losses {sorted(PAIR_LOSSES)} or one of "
+        raise ConfigError(f"loss {bad}: expected pairwise losses {sorted(PAIR_LOSSES)} or one of "
                          f"{list(UNPAIRED)} alone")
     return PrefConfig(
         loss=names[0] if len(names) == 1 else names, loss_weights=cfg.loss_weights, beta=cfg.beta,
@@ -81,16 +83,19 @@ def loss_config(cfg: Config):
 
 def main(argv: list[str]) -> dict:
     cfg = parse_overrides(Config(), argv)
+    check_config(cfg)
     loss_cfg = loss_config(cfg)
     if isinstance(loss_cfg, KTOConfig):
-        train, evals = load_splits("kto", cfg.data, cfg.data_format, cfg.eval_data)
+        train, evals = load_splits("kto", cfg.data, cfg.data_format, cfg.eval_data,
+                                   skip_bad_records=cfg.skip_bad_records)
         # paired data → (prompt, chosen, True), (prompt, rejected, False)
         train, evals = (pairs_to_unpaired(ex) if ex and isinstance(ex[0], PreferencePair)
                         else ex for ex in (train, evals))
         kind, kl = "unpaired", loss_cfg.loss == "kto"
         _check(train, UnpairedExample, cfg.data)
     else:
-        train, evals = load_splits("preference", cfg.data, cfg.data_format, cfg.eval_data)
+        train, evals = load_splits("preference", cfg.data, cfg.data_format, cfg.eval_data,
+                                   skip_bad_records=cfg.skip_bad_records)
         kind, kl = "pair", False
         _check(train, PreferencePair, cfg.data)
     return run_experiment("dpo", cfg, loss_cfg, kind, train, evals, kl=kl)
@@ -99,7 +104,7 @@ def main(argv: list[str]) -> dict:
 def _check(examples, cls, source) -> None:
     if not examples or not isinstance(examples[0], cls):
         got = type(examples[0]).__name__ if examples else "no examples"
-        raise SystemExit(f"{source}: this loss needs {cls.__name__} data, got {got}")
+        raise ConfigError(f"{source}: this loss needs {cls.__name__} data, got {got}")
 
 
 if __name__ == "__main__":

@@ -34,7 +34,9 @@ from align_jax.algorithms.preference import (ExperimentConfig, load_splits,  # n
                                              run_experiment)
 from align_jax.cli import parse_overrides, run_main  # noqa: E402
 from align_jax.data import RankedList  # noqa: E402
+from align_jax.errors import ConfigError  # noqa: E402
 from align_jax.losses import ListwiseConfig  # noqa: E402
+from align_jax.sanity import check_config  # noqa: E402
 
 ALIASES = {"lipo": "lipo_lambda", "pl": "plackett_luce"}
 LOSSES = ("plackett_luce", "lipo_lambda", "pro", "opo")
@@ -53,15 +55,17 @@ class Config(ExperimentConfig):
 
 def main(argv: list[str]) -> dict:
     cfg = parse_overrides(Config(), argv)
+    check_config(cfg)
     loss = ALIASES.get(cfg.loss, cfg.loss)
     if loss not in LOSSES:
-        raise SystemExit(f"loss={cfg.loss!r}: expected one of {list(LOSSES)} (or lipo)")
+        raise ConfigError(f"loss={cfg.loss!r}: expected one of {list(LOSSES)} (or lipo)")
     loss_cfg = ListwiseConfig(loss=loss, beta=cfg.beta, pro_sft_weight=cfg.pro_sft_weight,
                               neuralsort_tau=cfg.neuralsort_tau, sinkhorn_iters=cfg.sinkhorn_iters,
                               ndcg_k=cfg.ndcg_k)
-    train, evals = load_splits("ranked", cfg.data, cfg.data_format, cfg.eval_data)
+    train, evals = load_splits("ranked", cfg.data, cfg.data_format, cfg.eval_data,
+                               skip_bad_records=cfg.skip_bad_records)
     if not train or not isinstance(train[0], RankedList):
-        raise SystemExit(f"{cfg.data}: listwise losses need ranked lists (format ranked)")
+        raise ConfigError(f"{cfg.data}: listwise losses need ranked lists (format ranked)")
     return run_experiment("listwise", cfg, loss_cfg, "ranked", train, evals)
 
 

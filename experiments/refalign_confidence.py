@@ -31,6 +31,7 @@ from align_jax.data import load_bundled, load_examples  # noqa: E402
 from align_jax.models import export_hf, load_causal_lm  # noqa: E402
 from align_jax.rewards import confidence as conf  # noqa: E402
 from align_jax.sampling.sampler import SamplingConfig  # noqa: E402
+from align_jax.sanity import check_config  # noqa: E402
 from align_jax.train import report  # noqa: E402
 
 
@@ -40,6 +41,7 @@ class Config:
     dtype: str = "float32"
     data: str | None = None  # None = bundled confidence_qa
     data_format: str = "qa"
+    skip_bad_records: bool = False  # count and skip malformed records instead of stopping
     similarity: str = "bertscore_f1"
     encoder: str | None = None
     alpha: float = 0.5  # weight of the order term
@@ -94,6 +96,7 @@ def calibration_eval(policy, tokenizer, records, similarity, max_new_tokens, mes
 
 def main(argv: list[str]) -> dict:
     cfg = parse_overrides(Config(), argv)
+    check_config(cfg)
     sharding.maybe_initialize_distributed()
     mesh = sharding.make_mesh(cfg.mesh)
     run_dir = report.make_run_dir("refalign_confidence", cfg.out_dir)
@@ -108,7 +111,8 @@ def main(argv: list[str]) -> dict:
         train = [with_instruction(as_record(e)) for e in load_bundled("confidence_qa", "train")]
         evals = [with_instruction(as_record(e)) for e in load_bundled("confidence_qa", "eval")]
     else:
-        rows = [with_instruction(as_record(e)) for e in load_examples(cfg.data, cfg.data_format)]
+        rows = [with_instruction(as_record(e)) for e in load_examples(
+            cfg.data, cfg.data_format, skip_bad_records=cfg.skip_bad_records)]
         cut = max(1, len(rows) // 10)
         train, evals = rows[cut:], rows[:cut]
     evals = evals[: cfg.eval_prompts]

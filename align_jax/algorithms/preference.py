@@ -25,12 +25,16 @@ import numpy as np
 
 from align_jax.algorithms.preference_step import RefModelBundle, lora_reference, needs_reference
 from align_jax.algorithms.reference_cache import PrefData, precompute_reference
+from align_jax.data import load_report
 from align_jax.data.loader import DataLoader
+from align_jax.data.tokenize import count_truncated
+from align_jax.errors import ConfigError
+from align_jax.sanity import check_config, check_context
 from align_jax.sharding import place_batch
 from align_jax.train import report
-from align_jax.train.checkpoint import Checkpointer, resume
-from align_jax.train.metrics import MetricsLogger, add_sum_count, compute
+from align_jax.train.metrics import add_sum_count, compute
 from align_jax.train.optim import make_optimizer
+from align_jax.train.session import TrainingSession
 from align_jax.train.state import create_train_state, has_lora
 from align_jax.train.step import make_eval_step, make_train_step
 
@@ -56,6 +60,7 @@ class TrainConfig:
     keep_checkpoints: int = 2
     eval_every: int = 0  # 0 = evaluate only before and after training
     progress: bool = True
+    max_nonfinite_steps: int = 3  # stop after this many non-finite updates in a row
 
 
 @dataclasses.dataclass
@@ -107,6 +112,8 @@ class ExperimentConfig:
     seed: int = 0
     save_every: int = 50
     eval_every: int = 0
+    max_nonfinite_steps: int = 3  # non-finite updates in a row before the run stops
+    skip_bad_records: bool = False  # count and skip malformed records instead of stopping
     out_dir: str | None = None  # re-using a run dir resumes it
     export: bool = False  # HF safetensors + tokenizer of the final policy in <run>/export
 
@@ -115,7 +122,7 @@ class ExperimentConfig:
                            optimizer=self.optimizer, lr=self.lr, schedule=self.schedule,
                            warmup_steps=self.warmup_steps, weight_decay=self.weight_decay,
                            grad_clip=self.grad_clip, seed=self.seed, save_every=self.save_every,
-                           eval_every=self.eval_every)
+                           eval_every=self.eval_every, max_nonfinite_steps=self.max_nonfinite_steps)
 
     def tokenize_config(self):
         from align_jax.data import TokenizeConfig
@@ -143,12 +150,17 @@ def run_experiment(name: str, cfg: ExperimentConfig, loss_cfg, kind: str, train_
     model, tok = load_policy(cfg.model, dtype=cfg.dtype, mesh=mesh, lora_rank=cfg.lora_rank,
                              lora_alpha=cfg.lora_alpha, lora_targets=cfg.lora_targets,
                              remat=cfg.remat)
+    check_context(model.cfg.max_position_embeddings, cfg.max_prompt_len, cfg.max_completion_len,
+                  "max_prompt_len + max_completion_len")
     train_examples = list(train_examples)[: cfg.max_examples or None]
     eval_examples = list(eval_examples)[: cfg.eval_examples or None]
     print(f"[align_jax] {len(train_examples)} training / {len(eval_examples)} held-out examples")
     tcfg = cfg.tokenize_config()
     train = PrefData(kind, train_examples, tok, tcfg, kl=kl, kl_seed=cfg.seed)
     evald = PrefData(kind, eval_examples, tok, tcfg, kl=kl, kl_seed=cfg.seed) if eval_examples else None
+    for role, d in (("train", train), ("eval", evald)):
+        if d is not None:  # truncation is counted in the data report, never silent
+            load_report.note_truncation(role, count_truncated(tok, d.examples, tcfg))
     if cfg.fixed_length:
         length = max([train.max_length()] + ([evald.max_length()] if evald is not None else []))
         train = dataclasses.replace(train, length=length)
@@ -186,22 +198,26 @@ def load_policy(model: str | None, *, dtype: str = "float32", mesh=None, lora_ra
         kw.update(lora_rank=lora_rank, lora_alpha=lora_alpha, lora_targets=tuple(lora_targets))
     model, tok = load_causal_lm(model, dtype=dtype, mesh=mesh, **kw)
     if tok is None:
-        raise ValueError("the policy has no tokenizer files; preference training needs one")
+        raise ConfigError(f"model={model}: no tokenizer files next to the weights; preference "
+                          "training needs one")
     return model, tok
 
 
 def load_splits(bundled: str, data: str | None, data_format: str = "auto",
-                eval_data: str | None = None, eval_frac: float = 0.1, max_eval: int | None = None):
+                eval_data: str | None = None, eval_frac: float = 0.1, max_eval: int | None = None,
+                skip_bad_records: bool = False):
     """(train, eval) example lists: the bundled set's own splits, or ``data`` (+ ``eval_data``, else
-    the first ``eval_frac`` of ``data`` held out)."""
+    the first ``eval_frac`` of ``data`` held out). ``skip_bad_records``: malformed records are
+    counted (data_report.json) and skipped instead of stopping the run."""
     from align_jax.data import load_bundled, load_examples
 
     if data is None:
         train, evals = load_bundled(bundled, split="train"), load_bundled(bundled, split="eval")
     else:
-        rows = load_examples(data, data_format).examples
+        rows = load_examples(data, data_format, skip_bad_records=skip_bad_records).examples
         if eval_data:
-            train, evals = rows, load_examples(eval_data, data_format).examples
+            train, evals = rows, load_examples(eval_data, data_format,
+                                               skip_bad_records=skip_bad_records).examples
         else:
             cut = max(1, int(len(rows) * eval_frac)) if len(rows) > 1 else 0
             train, evals = rows[cut:], rows[:cut]
@@ -215,7 +231,7 @@ def attach_reference(model, data: PrefData | None, loss_cfg, mode: str, *, batch
     cache, attached to ``data`` (call BEFORE training: the step donates the weights). Other modes and
     reference-free losses return ``data`` unchanged."""
     if mode not in REFERENCE_MODES:
-        raise ValueError(f"reference must be one of {REFERENCE_MODES}, got {mode!r}")
+        raise ConfigError(f"reference={mode!r}: expected one of {REFERENCE_MODES}")
     if data is None or mode != "cache" or not needs_reference(loss_cfg):
         return data
     ref_model = lora_reference(model) if has_lora(model) else model
@@ -235,7 +251,8 @@ def _usable_batch(n: int, want: int, mesh) -> int:
     shards = 1 if mesh is None else int(np.prod([mesh.shape[a] for a in ("data", "fsdp")]))
     b = min(want, n) // shards * shards
     if b == 0:
-        raise ValueError(f"{n} examples cannot fill one batch sharded {shards} ways")
+        raise ConfigError(f"{n} examples cannot fill one batch sharded {shards} ways (fewer "
+                          "examples than devices on the data/fsdp axes)")
     return b
 
 
@@ -276,8 +293,8 @@ def train_preference(model, train: PrefData, loss_fn: Callable, cfg: TrainConfig
     ``reference="batch"`` (full fine-tuning): a frozen copy of the initial weights is forwarded every
     step. With LoRA the reference is the model with adapters off, and with ``"cache"`` the batches
     carry precomputed values (see :func:`attach_reference`), so no copy is made in either case."""
+    check_config(cfg)
     run_dir = Path(run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
     opt = make_optimizer(cfg.optimizer, cfg.lr, cfg.schedule, cfg.warmup_steps, cfg.steps,
                          cfg.weight_decay, cfg.grad_clip, cfg.grad_accum)
     state, bundle = create_train_state(model, opt, cfg.seed, mesh)
@@ -288,24 +305,25 @@ def train_preference(model, train: PrefData, loss_fn: Callable, cfg: TrainConfig
     eval_step = make_eval_step(loss_fn, bundle, mesh, compiler_options=compiler_options)
     eval_bs = cfg.batch_size
 
+    # the run lock is taken before anything is written in run_dir (eval_before.json included)
+    session = TrainingSession(run_dir, save_every=cfg.save_every, keep=cfg.keep_checkpoints,
+                              max_nonfinite_steps=cfg.max_nonfinite_steps)
+    bar = None
     before: dict[str, float] = {}
     before_file = run_dir / "eval_before.json"
-    if eval_data is not None:
-        if before_file.exists():  # resumed run: "before" is the initial policy's
-            before = json.loads(before_file.read_text())
-        else:
-            before = evaluate(eval_step, state, eval_data, eval_bs, mesh)
-            report.write_json(before_file, before)
-        print("[align_jax] eval before:", _fmt(before))
-
-    loader = DataLoader(list(range(len(train))), cfg.batch_size, seed=cfg.seed, shuffle=True,
-                        collate_fn=train.batch)
-    ckpt = Checkpointer(run_dir / "checkpoints", save_every=cfg.save_every,
-                        keep=cfg.keep_checkpoints)
-    state, start, resumed = resume(ckpt, state, loader)
-    logger = MetricsLogger(run_dir, resume_step=start if resumed else None)
-    bar = report.progress_bar(cfg.steps, start, name, cfg.progress)
     try:
+        if eval_data is not None:
+            if before_file.exists():  # resumed run: "before" is the initial policy's
+                before = json.loads(before_file.read_text())
+            else:
+                before = evaluate(eval_step, state, eval_data, eval_bs, mesh)
+                report.write_json(before_file, before)
+            print("[align_jax] eval before:", _fmt(before))
+
+        loader = DataLoader(list(range(len(train))), cfg.batch_size, seed=cfg.seed, shuffle=True,
+                            collate_fn=train.batch)
+        state, start = session.resume(state, loader)
+        bar = report.progress_bar(cfg.steps, start, name, cfg.progress)
         for update in range(start, cfg.steps):
             t0 = time.perf_counter()
             acc: dict = {}
@@ -323,9 +341,7 @@ def train_preference(model, train: PrefData, loss_fn: Callable, cfg: TrainConfig
             if eval_data is not None and cfg.eval_every and (update + 1) % cfg.eval_every == 0:
                 stats.update({f"eval/{k}": v for k, v in
                               evaluate(eval_step, state, eval_data, eval_bs, mesh).items()})
-            logger.log(update + 1, stats)
-            ckpt.save(update + 1, state, extra={"loader": loader.state_dict()},
-                      force=update + 1 == cfg.steps)
+            session.end_step(update + 1, stats, state, final=update + 1 == cfg.steps)
             if bar is not None:
                 bar.update(1)
                 acc_key = next((k for k in ("train/rewards/accuracies",
@@ -337,8 +353,7 @@ def train_preference(model, train: PrefData, loss_fn: Callable, cfg: TrainConfig
     finally:
         if bar is not None:
             bar.close()
-        ckpt.close()
-        logger.close()
+        session.close()
 
     after: dict[str, float] = {}
     if eval_data is not None:

@@ -26,6 +26,7 @@ import os
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterator
 
+from align_jax.data import load_report
 from align_jax.data.readers import iter_records
 from align_jax.data.schemas import (
     DataError,
@@ -35,6 +36,7 @@ from align_jax.data.schemas import (
     RecordError,
     UnpairedExample,
 )
+from align_jax.errors import ConfigError
 
 logger = logging.getLogger(__name__)
 
@@ -53,13 +55,20 @@ def _field(rec: dict, name: str) -> Any:
     return rec[name]
 
 
-def _text(rec: dict, name: str, *, allow_empty: bool = True) -> str:
+def _text(rec: dict, name: str) -> str:
     value = _field(rec, name)
     if not isinstance(value, str):
         raise RecordError(f"field {name!r}: expected str, got {_type(value)}")
-    if not allow_empty and not value.strip():
-        raise RecordError(f"field {name!r}: expected a non-empty string")
     return value
+
+
+def _nonempty(text: str, name: str) -> str:
+    """THE rule for responses in every format (chosen, rejected, reference, answer, completion,
+    ranked responses, PKU responses): empty or blank is a bad record (an error naming file, line
+    and field, or a counted skip with ``skip_bad_records``), never a silent zero-length target."""
+    if not text.strip():
+        raise RecordError(f"field {name!r}: expected a non-empty response, got {text!r}")
+    return text
 
 
 def _messages(value: Any, name: str) -> list[dict[str, str]]:
@@ -91,12 +100,12 @@ def _response(rec: dict, name: str) -> str:
     """A response: a string, or (TRL conversational explicit-prompt form) assistant messages."""
     value = _field(rec, name)
     if isinstance(value, str):
-        return value
+        return _nonempty(value, name)
     if isinstance(value, list) and value:
         msgs = _messages(value, name)
         if any(m["role"] != "assistant" for m in msgs):
             raise RecordError(f"field {name!r}: expected only assistant messages after the prompt")
-        return "".join(m["content"] for m in msgs)
+        return _nonempty("".join(m["content"] for m in msgs), name)
     raise RecordError(f"field {name!r}: expected str or list of messages, got {_type(value)}")
 
 
@@ -125,7 +134,7 @@ def adapt_prompt_reference(rec: dict) -> PromptReference:
         raise RecordError(f"field 'unsafe': expected str or null, got {_type(unsafe)}")
     return PromptReference(
         prompt=_prompt(rec),
-        reference=_text(rec, "reference", allow_empty=False),
+        reference=_nonempty(_text(rec, "reference"), "reference"),
         unsafe=unsafe,
         meta=_meta(rec, ("prompt", "reference", "unsafe")),
     )
@@ -134,7 +143,7 @@ def adapt_prompt_reference(rec: dict) -> PromptReference:
 def adapt_qa(rec: dict) -> PromptReference:
     return PromptReference(
         prompt=_prompt(rec, "question"),
-        reference=_text(rec, "answer", allow_empty=False),
+        reference=_nonempty(_text(rec, "answer"), "answer"),
         meta=_meta(rec, ("question", "answer")),
     )
 
@@ -171,8 +180,8 @@ def adapt_conversational(rec: dict) -> PreferencePair:
                           "before the final assistant reply")
     return PreferencePair(
         prompt=convs["chosen"][:-1],
-        chosen=convs["chosen"][-1]["content"],
-        rejected=convs["rejected"][-1]["content"],
+        chosen=_nonempty(convs["chosen"][-1]["content"], "chosen"),
+        rejected=_nonempty(convs["rejected"][-1]["content"], "rejected"),
         meta=_meta(rec, ("prompt", "chosen", "rejected", "messages")),
     )
 
@@ -219,14 +228,14 @@ def adapt_hh(rec: dict) -> PreferencePair:
     # The prompt becomes chat messages so the policy's own chat template renders it.
     return PreferencePair(
         prompt=parse_hh_transcript(prompt)[:-1],
-        chosen=chosen,
-        rejected=rejected,
+        chosen=_nonempty(chosen, "chosen"),
+        rejected=_nonempty(rejected, "rejected"),
         meta={**_meta(rec, ("chosen", "rejected")), "hh_prompt": prompt},
     )
 
 
 def _pku_common(rec: dict) -> tuple[str, list[str]]:
-    return _prompt(rec), [_text(rec, "response_0"), _text(rec, "response_1")]
+    return _prompt(rec), [_nonempty(_text(rec, f"response_{i}"), f"response_{i}") for i in (0, 1)]
 
 
 def _pku_meta(rec: dict) -> dict:
@@ -272,12 +281,15 @@ def adapt_ranked(rec: dict) -> RankedList:
                           f"got {len(responses)} and {len(scores)}")
     if len(responses) < 2:
         raise RecordError(f"field 'responses': expected at least 2 responses, got {len(responses)}")
+    for i, r in enumerate(responses):
+        _nonempty(r, f"responses[{i}]")
     return RankedList(_prompt(rec), list(responses), [float(s) for s in scores],
                       _meta(rec, ("prompt", "responses", "scores")))
 
 
 def adapt_unpaired(rec: dict) -> UnpairedExample:
-    return UnpairedExample(_prompt(rec), _text(rec, "completion"), _bool(rec, "label"),
+    return UnpairedExample(_prompt(rec), _nonempty(_text(rec, "completion"), "completion"),
+                           _bool(rec, "label"),
                            _meta(rec, ("prompt", "completion", "label")))
 
 
@@ -362,7 +374,8 @@ def load_examples(
     ``skip_bad_records`` is set, in which case it is logged and counted in ``num_skipped``.
     """
     if format != "auto" and format not in ADAPTERS:
-        raise ValueError(f"unknown format {format!r}; expected 'auto' or one of {sorted(ADAPTERS)}")
+        raise ConfigError(f"data_format={format!r}: unknown format; expected 'auto' or one of "
+                          f"{sorted(ADAPTERS)}")
     adapter = None if format == "auto" else ADAPTERS[format]
     result = LoadResult(examples=[], format=format)
     for raw in iter_records(source, split=split, data_dir=data_dir):
@@ -384,7 +397,8 @@ def load_examples(
         except RecordError as e:
             err = DataError(str(e), source=raw.source, location=raw.location)
             if not skip_bad_records:
-                raise err from None
+                raise DataError(f"{e} (skip_bad_records=true skips and counts bad records)",
+                                source=raw.source, location=raw.location) from None
             result.num_skipped += 1
             if len(result.skipped) < _MAX_KEPT_MESSAGES:
                 result.skipped.append(str(err))
@@ -394,6 +408,8 @@ def load_examples(
             result.num_filtered += 1
             continue
         result.examples.append(example)
+    load_report.note_load(source, result.format, len(result.examples), result.num_skipped,
+                          result.num_filtered, result.skipped)
     if result.num_skipped or result.num_filtered:
         logger.warning("%s: loaded %d examples, skipped %d malformed, filtered %d unusable (%s)",
                        source, len(result.examples), result.num_skipped, result.num_filtered,

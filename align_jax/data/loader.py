@@ -17,6 +17,8 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
+from align_jax.errors import ConfigError
+
 logger = logging.getLogger(__name__)
 
 
@@ -63,14 +65,15 @@ class DataLoader:
             process_index = pi if process_index is None else process_index
             process_count = pc if process_count is None else process_count
         if batch_size <= 0 or batch_size % process_count:
-            raise ValueError(f"batch_size={batch_size} must be positive and divisible by "
+            raise ConfigError(f"batch_size={batch_size} must be positive and divisible by "
                              f"process_count={process_count}")
         if not 0 <= process_index < process_count:
             raise ValueError(f"process_index={process_index} not in [0, {process_count})")
         if len(examples) == 0:
-            raise ValueError("cannot iterate over an empty dataset")
+            raise ConfigError("no examples to train on (empty dataset, or every record was "
+                              "skipped/filtered)")
         if drop_last and len(examples) < batch_size:
-            raise ValueError(f"drop_last=True with {len(examples)} examples < batch_size="
+            raise ConfigError(f"drop_last=True with {len(examples)} examples < batch_size="
                              f"{batch_size} would yield no batch at all")
         self.examples = examples
         self.batch_size = batch_size
@@ -141,6 +144,7 @@ class DataLoader:
         for key, mine in (("seed", self.seed), ("batch_size", self.batch_size),
                           ("num_examples", len(self.examples))):
             if key in state and int(state[key]) != mine:
-                raise ValueError(f"loader state has {key}={state[key]} but this loader has "
-                                 f"{key}={mine}; cannot resume on the same batch")
+                raise ConfigError(f"the checkpoint's data loader has {key}={state[key]} but this "
+                                  f"run has {key}={mine}: cannot resume on the same batch (the "
+                                  "data or batch size changed; use a new out_dir)")
         self.epoch, self.index = int(state["epoch"]), int(state["index"])

@@ -35,36 +35,110 @@ class RawRecord:
     error: str | None = None
 
 
+def _utf8_error(raw: bytes, e: UnicodeDecodeError) -> tuple[int, int, str]:
+    """(line, column, message) of a decoding error in ``raw``; both 1-based, the column counted
+    in characters of that line (what an editor shows)."""
+    line = raw.count(b"\n", 0, e.start) + 1
+    start = raw.rfind(b"\n", 0, e.start) + 1
+    col = len(raw[start:e.start].decode("utf-8", "replace")) + 1
+    return line, col, f"invalid UTF-8 at column {col} (byte 0x{raw[e.start]:02x})"
+
+
+def _json_error(e: json.JSONDecodeError, line_text: str | None = None) -> str:
+    """The message of a JSON syntax error. For one line, ``colno`` is the 1-based character
+    column in it (the line is parsed without its newline, so an error at the end of a
+    truncated line is not reported as column 1 of a next line)."""
+    where = f"column {e.colno}"
+    if line_text is not None and e.pos >= len(line_text):
+        where += " (end of line)"
+    return f"invalid JSON ({e.msg} at {where})"
+
+
 def iter_jsonl(path: str | os.PathLike) -> Iterator[RawRecord]:
-    """One JSON value per line; blank lines are ignored (but still counted for line numbers)."""
+    """One JSON value per line; blank lines are ignored (but still counted for line numbers).
+    Lines are decoded one by one, so invalid UTF-8 is a bad record on its line, not a crash."""
     path = str(path)
     opener = gzip.open if path.endswith(".gz") else open
-    with opener(path, "rt", encoding="utf-8") as f:
-        for lineno, line in enumerate(f, start=1):
+    with opener(path, "rb") as f:
+        for lineno, raw in enumerate(f, start=1):
+            loc = f"line {lineno}"
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError as e:
+                yield RawRecord(path, loc, None, _utf8_error(raw, e)[2])
+                continue
+            if lineno == 1:
+                line = line.lstrip("\ufeff")  # a UTF-8 byte-order mark is not data
+            line = line.rstrip("\r\n")
             if not line.strip():
                 continue
-            loc = f"line {lineno}"
             try:
                 yield RawRecord(path, loc, json.loads(line))
             except json.JSONDecodeError as e:
-                yield RawRecord(path, loc, None, f"invalid JSON ({e.msg} at column {e.colno})")
+                yield RawRecord(path, loc, None, _json_error(e, line))
+
+
+def _read_text(path: str) -> str:
+    """A whole file as text; invalid UTF-8 is a DataError naming its line and column."""
+    with open(path, "rb") as f:
+        raw = f.read()
+    try:
+        return raw.decode("utf-8").lstrip("\ufeff")
+    except UnicodeDecodeError as e:
+        line, _, msg = _utf8_error(raw, e)
+        raise DataError(msg, source=path, location=f"line {line}") from None
+
+
+def _skip_ws(text: str, i: int) -> int:
+    while i < len(text) and text[i] in " \t\r\n":
+        i += 1
+    return i
+
+
+def _array_elements(text: str) -> Iterator[tuple[int, Any]]:
+    """(start offset, value) of each element of the JSON array ``text``, parsed one element at
+    a time so each record knows the line it starts on. Syntax errors raise JSONDecodeError
+    with positions in the whole text."""
+    dec = json.JSONDecoder()
+    i = _skip_ws(text, _skip_ws(text, 0) + 1)  # past "["
+    if i < len(text) and text[i] == "]":
+        end = _skip_ws(text, i + 1)
+    else:
+        while True:
+            value, end = dec.raw_decode(text, i)
+            yield i, value
+            i = _skip_ws(text, end)
+            if i < len(text) and text[i] == ",":
+                i = _skip_ws(text, i + 1)
+                continue
+            if i < len(text) and text[i] == "]":
+                end = _skip_ws(text, i + 1)
+                break
+            raise json.JSONDecodeError("Expecting ',' delimiter or ']'", text, i)
+    if end < len(text):
+        raise json.JSONDecodeError("Extra data", text, end)
 
 
 def iter_json_array(path: str | os.PathLike) -> Iterator[RawRecord]:
-    """A ``.json`` file holding one array of records (or JSONL mis-named ``.json``)."""
+    """A ``.json`` file holding one array of records (or JSONL mis-named ``.json``). Records
+    are located as "line L (row i)": the line the element starts on, and its index."""
     path = str(path)
-    with open(path, encoding="utf-8") as f:
-        text = f.read()
+    text = _read_text(path)
+    if not text.lstrip().startswith("["):
+        try:
+            value = json.loads(text)
+        except json.JSONDecodeError:
+            # Many datasets ship JSON Lines under a .json name; fall back to line mode.
+            yield from iter_jsonl(path)
+            return
+        raise DataError(f"expected a JSON array of records, got {type(value).__name__}",
+                        source=path)
     try:
-        value = json.loads(text)
-    except json.JSONDecodeError:
-        # Many datasets ship JSON Lines under a .json name; fall back to line mode.
-        yield from iter_jsonl(path)
-        return
-    if not isinstance(value, list):
-        raise DataError(f"expected a JSON array of records, got {type(value).__name__}", source=path)
-    for i, item in enumerate(value):
-        yield RawRecord(path, f"row {i}", item)
+        for row, (start, item) in enumerate(_array_elements(text)):
+            yield RawRecord(path, f"line {text.count(chr(10), 0, start) + 1} (row {row})", item)
+    except json.JSONDecodeError as e:
+        # a broken array cannot be resynchronised: the whole file is reported, not one record
+        raise DataError(_json_error(e), source=path, location=f"line {e.lineno}") from None
 
 
 def _pyarrow():

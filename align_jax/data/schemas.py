@@ -1,4 +1,5 @@
-"""Dataset schemas (one dataclass per kind of alignment data) and the data error type.
+"""Dataset schemas (one dataclass per kind of alignment data); the data error type is
+:class:`align_jax.errors.DataError` (re-exported here).
 
 A prompt is either a plain string or a list of chat messages ``{"role": str, "content": str}``
 (the form chat templates take). Responses are always plain strings: the assistant's reply.
@@ -9,23 +10,10 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Union
 
+from align_jax.errors import DataError  # noqa: F401  (re-exported: the data layer's error type)
+
 Message = dict[str, str]
 Prompt = Union[str, list[Message]]
-
-
-class DataError(ValueError):
-    """A record (or a whole source) could not be read as the requested format.
-
-    ``str(err)`` names the source file, the location inside it ("line 3" for JSONL, 1-based;
-    "row 7" for columnar sources, 0-based) and what was expected.
-    """
-
-    def __init__(self, message: str, *, source: str | None = None, location: str | None = None):
-        self.source = source
-        self.location = location
-        self.reason = message
-        where = ", ".join(p for p in (source, location) if p)
-        super().__init__(f"{where}: {message}" if where else message)
 
 
 class RecordError(Exception):

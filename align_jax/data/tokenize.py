@@ -20,6 +20,8 @@ Tokenizers are transformers ``PreTrainedTokenizerFast``-like objects: ``__call__
 """
 from __future__ import annotations
 
+import dataclasses
+import sys
 from dataclasses import dataclass
 from typing import Any, Sequence
 
@@ -32,6 +34,7 @@ from align_jax.data.schemas import (
     RankedList,
     UnpairedExample,
 )
+from align_jax.errors import ConfigError
 
 
 @dataclass(frozen=True)
@@ -64,7 +67,7 @@ def _uses_template(tokenizer, cfg: TokenizeConfig) -> bool:
     if cfg.use_chat_template is None:
         return has
     if cfg.use_chat_template and not has:
-        raise ValueError("use_chat_template=True but the tokenizer has no chat_template")
+        raise ConfigError("use_chat_template=True but the tokenizer has no chat_template")
     return cfg.use_chat_template
 
 
@@ -114,9 +117,35 @@ def encode_responses(tokenizer, responses: Sequence[str],
     eos = getattr(tokenizer, "eos_token_id", None)
     if cfg.append_eos:
         if eos is None:
-            raise ValueError("append_eos=True but the tokenizer has no eos_token_id")
+            raise ConfigError("append_eos=True but the tokenizer has no eos_token_id")
         ids = [x + [int(eos)] for x in ids]
     return [x[: cfg.max_completion_len] for x in ids]
+
+
+def _responses(example) -> tuple[str, ...]:
+    if isinstance(example, PreferencePair):
+        return example.chosen, example.rejected
+    if isinstance(example, UnpairedExample):
+        return (example.completion,)
+    if isinstance(example, RankedList):
+        return tuple(example.responses)
+    if isinstance(example, PromptReference):
+        return (example.reference,)
+    raise TypeError(f"no responses in a {type(example).__name__}")
+
+
+def count_truncated(tokenizer, examples: Sequence, cfg: TokenizeConfig = TokenizeConfig()) -> dict:
+    """How many prompts / responses of ``examples`` (any schema) the rule above truncates: one
+    untruncated tokenisation pass, for the data report (nothing is dropped silently)."""
+    full = dataclasses.replace(cfg, max_prompt_len=sys.maxsize, max_completion_len=sys.maxsize)
+    prompts = encode_prompts(tokenizer, [e.prompt for e in examples], full)
+    responses = encode_responses(tokenizer, [r for e in examples for r in _responses(e)], full)
+    return {"prompts": len(prompts),
+            "prompts_truncated": sum(len(x) > cfg.max_prompt_len for x in prompts),
+            "max_prompt_len": cfg.max_prompt_len,
+            "responses": len(responses),
+            "responses_truncated": sum(len(x) > cfg.max_completion_len for x in responses),
+            "max_response_len": cfg.max_completion_len}
 
 
 # ---------------------------------------------------------------- padding primitives

@@ -16,6 +16,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from align_jax.errors import DivergenceError
 from align_jax.models.config import DecoderConfig
 from align_jax.paths import resolve_dir
 from align_jax.models.llama import Decoder
@@ -204,12 +205,22 @@ def save_hf_dir(model: Decoder, out_dir: str | os.PathLike, dtype: str = "float3
     Files are written to a temp name and renamed, so a killed export never leaves a torn file."""
     from safetensors.numpy import save_file
 
-    out = resolve_dir(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
     cfg = model.cfg.replace(lora_rank=0)
     tensors = params_to_hf(merged_flat_params(model), cfg)
     np_dtype = np.float32 if dtype == "float32" else np.float16
     tensors = {k: v.astype(np_dtype) for k, v in tensors.items()}
+    # a diverged policy is not a model: refuse before writing anything (also catches float16
+    # overflow of large float32 weights)
+    bad = {k: int(np.size(v) - np.isfinite(v).sum()) for k, v in tensors.items()
+           if not np.isfinite(v).all()}
+    if bad:
+        first = sorted(bad)[0]
+        raise DivergenceError(
+            f"refusing to export non-finite weights: {len(bad)} of {len(tensors)} tensors hold "
+            f"NaN/inf ({sum(bad.values())} values; e.g. {first}: {bad[first]} of "
+            f"{np.size(tensors[first])}){' in ' + dtype if dtype != 'float32' else ''}")
+    out = resolve_dir(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
     hf_cfg = cfg.to_hf()
     hf_cfg["torch_dtype"] = dtype
     shards, cur, size = [], {}, 0

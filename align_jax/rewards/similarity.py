@@ -48,6 +48,7 @@ import numpy as np
 from flax import nnx
 from jax.sharding import NamedSharding, PartitionSpec
 
+from align_jax.errors import ConfigError
 from align_jax.models.encoder import Encoder, load_encoder
 from align_jax.rewards import text_metrics
 
@@ -182,7 +183,8 @@ class _EncoderScorer:
         cfg = self.encoder.config
         self.num_layers = cfg.num_layers if num_layers is None else int(num_layers)
         if not 0 <= self.num_layers <= cfg.num_layers:
-            raise ValueError(f"num_layers={self.num_layers} outside [0, {cfg.num_layers}]")
+            raise ConfigError(f"bertscore_layers={self.num_layers}: outside [0, {cfg.num_layers}] "
+                              "(the encoder's layers)")
         tok_max = getattr(self.tokenizer, "model_max_length", None) or cfg.max_length
         self.max_length = min(int(max_length or tok_max), int(tok_max), cfg.max_length)
         self.length_buckets = sorted(b for b in length_buckets if b < self.max_length)
@@ -387,4 +389,4 @@ def make_similarity(name: str, **cfg) -> Scorer:
         return EmbeddingCosineScorer(**cfg)
     if name in _TEXT:
         return TextMetricScorer(_TEXT[name], **cfg)
-    raise ValueError(f"unknown similarity {name!r}; expected one of {NAMES}")
+    raise ConfigError(f"similarity={name!r}: unknown similarity; expected one of {NAMES}")

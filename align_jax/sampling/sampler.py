@@ -35,9 +35,11 @@ from jax.sharding import NamedSharding, PartitionSpec as P
 
 from align_jax import sharding as shd
 from align_jax.data.tokenize import TokenizeConfig, encode_prompts
+from align_jax.errors import ConfigError
 from align_jax.models.decode import LayerCache, decode_step, decode_weights
 from align_jax.models.llama import KVCache
 from align_jax.sampling.filters import sample_logits
+from align_jax.sanity import check_context
 
 _STOP_SLOTS = 8  # stop-id array is padded to a multiple of this (-1 = unused) to share compiles
 
@@ -91,7 +93,7 @@ class SamplingConfig:
         ]
         for ok, msg in checks:
             if not ok:
-                raise ValueError(f"SamplingConfig: {msg}")
+                raise ConfigError(f"SamplingConfig: {msg}")
 
     def replace(self, **kw) -> "SamplingConfig":
         return dataclasses.replace(self, **kw)
@@ -330,6 +332,10 @@ class _Run:
         graphdef, state = nnx.split(model)
         eos, pad = _resolve_ids(model.cfg, cfg)
         ids, mask = left_pad(prompt_ids, prompt_mask, cfg.prompt_bucket, pad)
+        # before anything is compiled for this shape: positions past the context are garbage
+        check_context(getattr(model.cfg, "max_position_embeddings", None),
+                      int(mask.sum(axis=1).max()), cfg.max_new_tokens,
+                      f"max_new_tokens={cfg.max_new_tokens}")
         ids, mask = np.repeat(ids, cfg.n, axis=0), np.repeat(mask, cfg.n, axis=0)
         self.rows = ids.shape[0]
         # pad the batch to a multiple of the mesh's batch axes with all-masked rows (start done)

@@ -14,9 +14,14 @@ from align_jax.paths import resolve_dir
 
 def make_run_dir(experiment: str, out_dir: str | None = None, root: str = "runs") -> Path:
     """`out_dir` when given (re-using it resumes), else runs/<experiment>-<timestamp>/; always
-    returned absolute (see `align_jax.paths`), so checkpoints and exports below it are too."""
+    returned absolute (see `align_jax.paths`), so checkpoints and exports below it are too.
+    The directory's run lock is taken here, before anything is written into it, and held until
+    the process exits (a second run on it stops at once: `align_jax.train.runlock`)."""
+    from align_jax.train import runlock
+
     path = resolve_dir(out_dir if out_dir else Path(root) / f"{experiment}-{time.strftime('%Y%m%d-%H%M%S')}")
     path.mkdir(parents=True, exist_ok=True)
+    runlock.acquire(path)
     return path
 
 

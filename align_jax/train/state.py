@@ -30,7 +30,8 @@ from align_jax.sharding import named_sharding
 class TrainState:
     params: Any  # nnx.State of the trainable Variables
     opt_state: Any
-    step: jax.Array  # [] int32, number of step() calls so far (micro-steps under grad_accum)
+    step: jax.Array  # [] int32, applied step() calls (micro-steps under grad_accum; a call the
+    # divergence guard skipped does not count, so the lr metric follows the optimizer)
     rng: jax.Array  # raw uint32 PRNG key [2] (raw, so checkpoints can store it)
 
 

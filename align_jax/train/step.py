@@ -4,7 +4,9 @@
 graphdef, the trainable params being differentiated and the frozen state). ``metrics`` values may
 be scalars, per-example arrays or explicit ``(sum, count)`` pairs; the step returns every metric as
 a ``(sum, count)`` pair (see :mod:`align_jax.train.metrics`) plus ``loss``, ``grad_norm`` (global
-norm of the raw gradient, before clipping/accumulation) and ``lr``.
+norm of the raw gradient, before clipping/accumulation), ``lr`` and ``skipped_nonfinite`` (1 when
+the update was not applied because the loss, gradient or new weights were not finite; see
+:mod:`align_jax.train.guard`).
 
 Sharding: in/out shardings of the state come from the rules table (:func:`tree_shardings`), the
 batch is sharded on its leading dim over (data, fsdp), and the function body is traced under
@@ -22,6 +24,7 @@ import optax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from align_jax.sharding import batch_sharding, use_mesh
+from align_jax.train.guard import SKIP_KEY, all_finite, finite_update
 from align_jax.train.metrics import to_sum_count
 from align_jax.train.optim import lr_metric
 from align_jax.train.state import ModelBundle, TrainState, tree_shardings
@@ -85,14 +88,21 @@ def make_train_step(loss_fn: LossFn, optimizer, bundle: ModelBundle, mesh: Mesh 
             (loss, metrics), grads = jax.value_and_grad(f, has_aux=True)(state.params)
             updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
             params = optax.apply_updates(state.params, updates)
+            grad_norm = optax.tree.norm(grads)
+            # divergence guard (train/guard.py): a non-finite step leaves params, optimizer state
+            # and step counter as they were; the rng moves on
+            ok = jnp.isfinite(loss) & jnp.isfinite(grad_norm) & all_finite(params)
+            params, opt_state, count = finite_update(
+                ok, (params, opt_state, state.step + 1), (state.params, state.opt_state, state.step))
             out = to_sum_count(metrics)
             one = jnp.ones([], jnp.float32)
             out["loss"] = (loss.astype(jnp.float32), one)
-            out["grad_norm"] = (optax.tree.norm(grads).astype(jnp.float32), one)
+            out["grad_norm"] = (grad_norm.astype(jnp.float32), one)
+            out[SKIP_KEY] = (1.0 - ok.astype(jnp.float32), one)
             lr = lr_metric(optimizer, state.opt_state, state.step)
             if lr is not None:
                 out["lr"] = (jnp.asarray(lr, jnp.float32), one)
-            new = TrainState(params=params, opt_state=opt_state, step=state.step + 1, rng=rng)
+            new = TrainState(params=params, opt_state=opt_state, step=count, rng=rng)
             return new, out
 
     compiled = _Compiled(body, mesh, donate, state_out=True, compiler_options=compiler_options)
