@@ -35,9 +35,6 @@ from align_jax.train.state import create_train_state, has_lora
 from align_jax.train.step import make_eval_step, make_train_step
 
 REFERENCE_MODES = ("cache", "batch")
-CURVE_KEYS = ("train/loss", "train/rewards/accuracies", "train/rewards/margins",
-              "train/rewards/chosen", "train/rewards/rejected", "train/rewards/top1_accuracy",
-              "train/rpo/row_loss", "train/kl", "train/grad_norm", "eval/rewards/accuracies")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -349,10 +346,7 @@ def train_preference(model, train: PrefData, loss_fn: Callable, cfg: TrainConfig
         print("[align_jax] eval after: ", _fmt(after))
     metrics_file = run_dir / "metrics.jsonl"
     if metrics_file.exists():
-        rows = [json.loads(x) for x in metrics_file.read_text().splitlines() if x.strip()]
-        keys = [k for k in CURVE_KEYS if rows and any(k in r for r in rows)]
-        if keys:
-            report.plot_curves(metrics_file, run_dir / "curves.png", keys=keys, title=name)
+        report.plot_curves(metrics_file, run_dir / "curves.png", title=name)
     policy = (bundle.policy(state.params) if isinstance(bundle, RefModelBundle)
               else bundle.merge(state.params))
     return TrainResult(policy, state, before, after, run_dir)
