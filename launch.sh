@@ -33,6 +33,7 @@ dry_run=0
 if [ "${1:-}" = "--dry-run" ]; then dry_run=1; shift; fi
 
 die() { echo "launch.sh: $*" >&2; exit 2; }
+usage() { sed -n '/^#!/d; /^#/p; /^[^#]/q' "$0"; }
 
 # One shell word: as is when it is plainly safe, else single-quoted (readable, unlike %q).
 quote() {
@@ -150,5 +151,6 @@ case "$cmd" in
   local) local_run "$@" ;;
   gpu) gpu "$@" ;;
   create|setup|run|logs|stop|delete) tpu "$cmd" "$@" ;;
-  *) sed -n '2,27p' "$0" ;;
+  help | -h | --help) usage ;;
+  *) usage >&2; die "unknown command '$cmd'" ;;
 esac

