@@ -46,19 +46,20 @@ UNPAIRED = ("kto", "apo_zero_unpaired")
 @dataclasses.dataclass(frozen=True)
 class Config(ExperimentConfig):
     loss: tuple[str, ...] = ("sigmoid",)  # one name, or several summed (loss_weights)
-    loss_weights: tuple[float, ...] | None = None
+    loss_weights: tuple[float, ...] | None = None  # one per loss name; None = 1.0 each
     beta: float = 0.1  # IPO: τ; SimPO: β (2–10 in the paper)
     label_smoothing: float = 0.0  # cdpo / robust / exo_pair / aot / simpo / cpo ε
+    # f-DPO: reverse_kl | forward_kl | js_divergence | alpha_divergence
     f_divergence: str = "reverse_kl"
-    f_alpha: float = 0.5
+    f_alpha: float = 0.5  # α of alpha_divergence
     gamma: float = 0.5  # SimPO target margin
-    orpo_lambda: float = 0.1
-    dpop_lambda: float = 50.0
+    orpo_lambda: float = 0.1  # ORPO λ (weight of the odds-ratio term)
+    dpop_lambda: float = 50.0  # DPOP λ (penalty on a falling chosen log-prob)
     alpha: float = 0.0  # R-DPO length coefficient
     rpo_alpha: float = 0.0  # NLL weight on the chosen responses
     ld_alpha: float | None = None  # LD-DPO
     use_weighting: bool = False  # WPO
-    discopop_tau: float = 0.05
+    discopop_tau: float = 0.05  # DiscoPOP temperature of the logistic/exponential mix
     group_size: int | None = None  # aot sorting groups (None = the global batch)
     desirable_weight: float = 1.0  # KTO λ_D
     undesirable_weight: float = 1.0  # KTO λ_U

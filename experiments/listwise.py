@@ -45,11 +45,11 @@ LOSSES = ("plackett_luce", "lipo_lambda", "pro", "opo")
 @dataclasses.dataclass(frozen=True)
 class Config(ExperimentConfig):
     loss: str = "plackett_luce"  # plackett_luce | lipo | pro | opo
-    beta: float = 0.1
-    pro_sft_weight: float = 0.05
-    neuralsort_tau: float = 1.0
-    sinkhorn_iters: int = 0
-    ndcg_k: int | None = None
+    beta: float = 0.1  # item score s = β·(log π_θ − log π_ref)
+    pro_sft_weight: float = 0.05  # PRO: NLL weight on the best response
+    neuralsort_tau: float = 1.0  # OPO: NeuralSort temperature (smaller = closer to a hard sort)
+    sinkhorn_iters: int = 0  # OPO: Sinkhorn iterations on the NeuralSort rows (0 = none)
+    ndcg_k: int | None = None  # OPO: NDCG@k (None = the full list)
     batch_size: int = 2  # lists per micro-batch (each list is K sequences)
 
 

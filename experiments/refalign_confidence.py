@@ -45,7 +45,7 @@ class Config:
     similarity: str = "bertscore_f1"
     encoder: str | None = None
     alpha: float = 0.5  # weight of the order term
-    missing_penalty: float = -0.5
+    missing_penalty: float = -0.5  # order reward of a sample with no parsable confidence
     k: int = 2
     steps: int = 30
     prompts_per_step: int = 4

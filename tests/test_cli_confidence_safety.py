@@ -32,7 +32,7 @@ def test_overrides_types_and_errors():
                                    "mesh=2,2,2", "sampling.top_p=0.9"])
     assert cfg == _Cfg(7, 3e-6, "/x", True, (2, 2, 2), _Inner(0.9))
     assert parse_overrides(_Cfg(model="a"), ["model=none"]).model is None
-    with pytest.raises(ConfigError, match="unknown config key 'stpes'"):
+    with pytest.raises(ConfigError, match="unknown key 'stpes' — did you mean 'steps'"):
         parse_overrides(_Cfg(), ["stpes=3"])
     with pytest.raises(ConfigError, match="expected int"):
         parse_overrides(_Cfg(), ["steps=three"])

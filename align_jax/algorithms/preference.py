@@ -39,9 +39,6 @@ from align_jax.train.state import create_train_state, has_lora
 from align_jax.train.step import make_eval_step, make_train_step
 
 REFERENCE_MODES = ("cache", "batch")
-CURVE_KEYS = ("train/loss", "train/rewards/accuracies", "train/rewards/margins",
-              "train/rewards/chosen", "train/rewards/rejected", "train/rewards/top1_accuracy",
-              "train/rpo/row_loss", "train/kl", "train/grad_norm", "eval/rewards/accuracies")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -85,7 +82,7 @@ class ExperimentConfig:
     lora_rank: int = 0  # > 0: train LoRA adapters only; the reference is the adapters-off model
     lora_alpha: float = 16.0
     lora_targets: tuple[str, ...] = ("wq", "wv")
-    remat: bool = False
+    remat: bool = False  # recompute layer activations in the backward pass (less memory)
     data: str | None = None  # None = the bundled set; else JSONL / Parquet / HF dir (data_format)
     data_format: str = "auto"
     eval_data: str | None = None  # None = the bundled eval split / the first 10% of `data`
@@ -93,25 +90,25 @@ class ExperimentConfig:
     eval_examples: int | None = 8  # held-out examples evaluated before/after; None = all
     reference: str = "cache"  # cache (precomputed once, on disk) | batch (forwarded every step)
     cache_dir: str | None = None  # None = $ALIGN_JAX_CACHE or ~/.cache/align_jax
-    ref_batch_size: int = 8
-    max_prompt_len: int = 64
-    max_completion_len: int = 64
-    pad_multiple: int = 32
+    ref_batch_size: int = 8  # examples per forward when precomputing the reference
+    max_prompt_len: int = 64  # prompt tokens kept (left-truncated)
+    max_completion_len: int = 64  # response tokens kept (right-truncated)
+    pad_multiple: int = 32  # sequence lengths are padded up to a multiple of this
     fixed_length: bool = True  # pad every batch to the dataset's longest: one shape, one compile
     chunk_size: int | None = None  # log-prob chunking over the sequence (big vocabularies)
     steps: int = 8  # optimizer updates
-    batch_size: int = 4
-    grad_accum: int = 1
-    optimizer: str = "adamw"
-    lr: float = 1e-5
-    schedule: str = "cosine"
-    warmup_steps: int = 0
-    weight_decay: float = 0.0
+    batch_size: int = 4  # examples per micro-batch (global, across devices)
+    grad_accum: int = 1  # micro-batches averaged per optimizer update
+    optimizer: str = "adamw"  # adamw | adafactor | rmsprop | sgd
+    lr: float = 1e-5  # peak learning rate
+    schedule: str = "cosine"  # cosine | linear | constant (decays over `steps`)
+    warmup_steps: int = 0  # linear warm-up updates
+    weight_decay: float = 0.0  # decoupled weight decay
     grad_clip: float | None = 1.0
     mesh: str = "-1,1,1"
     seed: int = 0
     save_every: int = 50
-    eval_every: int = 0
+    eval_every: int = 0  # also evaluate every N updates; 0 = only before and after
     max_nonfinite_steps: int = 3  # non-finite updates in a row before the run stops
     skip_bad_records: bool = False  # count and skip malformed records instead of stopping
     out_dir: str | None = None  # re-using a run dir resumes it
@@ -145,8 +142,10 @@ def run_experiment(name: str, cfg: ExperimentConfig, loss_cfg, kind: str, train_
     mesh = sharding.make_mesh(cfg.mesh)
     run_dir = report.make_run_dir(name, cfg.out_dir)
     print(f"[align_jax] run directory: {run_dir}")
-    report.write_json(run_dir / "config.json", {"experiment": config_dict(cfg),
-                                                "loss": dataclasses.asdict(loss_cfg)})
+    # config.json holds exactly the experiment's Config (what `config=RUN_DIR` loads back); the
+    # loss config derived from it is a record beside it
+    report.write_json(run_dir / "config.json", config_dict(cfg))
+    report.write_json(run_dir / "loss_config.json", dataclasses.asdict(loss_cfg))
     model, tok = load_policy(cfg.model, dtype=cfg.dtype, mesh=mesh, lora_rank=cfg.lora_rank,
                              lora_alpha=cfg.lora_alpha, lora_targets=cfg.lora_targets,
                              remat=cfg.remat)
@@ -362,10 +361,7 @@ def train_preference(model, train: PrefData, loss_fn: Callable, cfg: TrainConfig
         print("[align_jax] eval after: ", _fmt(after))
     metrics_file = run_dir / "metrics.jsonl"
     if metrics_file.exists():
-        rows = [json.loads(x) for x in metrics_file.read_text().splitlines() if x.strip()]
-        keys = [k for k in CURVE_KEYS if rows and any(k in r for r in rows)]
-        if keys:
-            report.plot_curves(metrics_file, run_dir / "curves.png", keys=keys, title=name)
+        report.plot_curves(metrics_file, run_dir / "curves.png", title=name)
     policy = (bundle.policy(state.params) if isinstance(bundle, RefModelBundle)
               else bundle.merge(state.params))
     return TrainResult(policy, state, before, after, run_dir)

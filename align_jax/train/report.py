@@ -32,38 +32,75 @@ def write_json(path: str | Path, obj) -> None:
     os.replace(tmp, path)
 
 
+# The panels of a run's curves. On-policy runs (they log reward/*): every reward, then these.
+ONLINE_CURVE_KEYS = ("len/mean", "kl_to_init", "train/loss", "train/entropy")
+# The offline preference loop (DPO family, KTO, RPO, listwise), in this order where logged.
+PREFERENCE_CURVE_KEYS = ("train/loss", "train/rewards/accuracies", "train/rewards/margins",
+                         "train/rewards/chosen", "train/rewards/rejected",
+                         "train/rewards/top1_accuracy", "train/rpo/row_loss", "train/kl",
+                         "train/grad_norm", "eval/rewards/accuracies")
+
+
+def read_metrics(metrics_jsonl: str | Path) -> list[dict]:
+    """The rows of a metrics.jsonl (DataError naming file and line for a broken one)."""
+    from align_jax.errors import DataError
+
+    rows = []
+    for i, line in enumerate(Path(metrics_jsonl).read_text().splitlines(), 1):
+        if line.strip():
+            try:
+                rows.append(json.loads(line))
+            except json.JSONDecodeError as e:
+                raise DataError(f"{metrics_jsonl}:{i}: not a JSON line ({e})") from None
+    return rows
+
+
+def curve_keys(rows: Sequence[Mapping]) -> list[str]:
+    seen = {k for r in rows for k in r}  # some metrics (KL) are logged every N steps only
+    if any(k.startswith("reward/") for k in seen):
+        keys = sorted(k for k in seen if k.startswith("reward/") and not k.endswith("_std"))
+        return keys + [k for k in ONLINE_CURVE_KEYS if k in seen]
+    return [k for k in PREFERENCE_CURVE_KEYS if k in seen]
+
+
 def plot_curves(metrics_jsonl: str | Path, out_png: str | Path,
                 keys: Sequence[str] | None = None, title: str = "") -> Path | None:
-    """One panel per metric key (default: rewards, length, KL, loss) over steps."""
+    """One panel per metric key (default: `curve_keys`) over steps."""
+    rows = read_metrics(metrics_jsonl)
+    if not rows:
+        return None
+    return plot_overlay({"": rows}, out_png, keys, title)
+
+
+def plot_overlay(runs: Mapping[str, Sequence[Mapping]], out_png: str | Path,
+                 keys: Sequence[str] | None = None, title: str = "") -> Path | None:
+    """One panel per key, one line per run (legend = the run's name; no legend for one run named
+    ""). Default keys: every run's `curve_keys`, in order of first appearance."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    rows = [json.loads(l) for l in Path(metrics_jsonl).read_text().splitlines() if l.strip()]
-    if not rows:
-        return None
     if keys is None:
-        seen = {k for r in rows for k in r}  # some metrics (KL) are logged every N steps only
-        keys = sorted(k for k in seen if k.startswith("reward/") and not k.endswith("_std"))
-        keys += [k for k in ("len/mean", "kl_to_init", "train/loss", "train/entropy") if k in seen]
-    keys = [k for k in keys if any(k in r for r in rows)]
+        keys = list(dict.fromkeys(k for rows in runs.values() for k in curve_keys(rows)))
+    keys = [k for k in keys if any(k in r for rows in runs.values() for r in rows)]
+    if not keys:
+        return None
     n = len(keys)
     cols = min(3, n)
     nrows = -(-n // cols)
     fig, axes = plt.subplots(nrows, cols, figsize=(4.2 * cols, 3.0 * nrows), squeeze=False)
     for ax, k in zip(axes.flat, keys):
-        xs = [r["step"] for r in rows if k in r]
-        ys = [r[k] for r in rows if k in r]
-        ax.plot(xs, ys, lw=1.2, alpha=0.5)
-        if len(ys) >= 5:  # a moving average makes the trend readable at K=2 noise levels
-            w = max(len(ys) // 8, 2)
-            sm = [sum(ys[max(0, i - w + 1):i + 1]) / len(ys[max(0, i - w + 1):i + 1])
-                  for i in range(len(ys))]
-            ax.plot(xs, sm, lw=2)
+        for i, (name, rows) in enumerate(runs.items()):
+            xs = [r["step"] for r in rows if k in r]
+            ys = [r[k] for r in rows if k in r]
+            if xs:
+                _draw(ax, xs, ys, name, f"C{i}")
         ax.set_title(k, fontsize=9)
         ax.set_xlabel("step", fontsize=8)
         ax.grid(alpha=0.3)
+        if any(runs):
+            ax.legend(fontsize=7)
     for ax in list(axes.flat)[n:]:
         ax.axis("off")
     if title:
@@ -72,6 +109,15 @@ def plot_curves(metrics_jsonl: str | Path, out_png: str | Path,
     fig.savefig(out_png, dpi=110)
     plt.close(fig)
     return Path(out_png)
+
+
+def _draw(ax, xs, ys, label: str, color: str) -> None:
+    ax.plot(xs, ys, lw=1.2, alpha=0.5, color=color, label=label or None)
+    if len(ys) >= 5:  # a moving average makes the trend readable at K=2 noise levels
+        w = max(len(ys) // 8, 2)
+        sm = [sum(ys[max(0, i - w + 1):i + 1]) / len(ys[max(0, i - w + 1):i + 1])
+              for i in range(len(ys))]
+        ax.plot(xs, sm, lw=2, color=color)
 
 
 def _cell(text: str, limit: int = 220) -> str:

@@ -1,0 +1,45 @@
+"""The runnable experiment files (`experiments/*.py`), found by glob so that a new one is covered by
+every test that iterates over them; their Config classes (imported from the file path); the tiny
+settings and the environment the subprocess tests start them with."""
+import dataclasses
+import importlib.util
+import os
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+EXPERIMENTS = sorted(REPO.glob("experiments/*.py"))
+
+# Size knobs set wherever an experiment's Config has them (seconds per run on 2 CPU cores with
+# the default SmolLM2 policy); everything else keeps the default the user gets.
+TINY = {
+    "save_every": 1,
+    "prompts_per_step": 1, "max_new_tokens": 4, "eval_prompts": 2, "eval_max_new_tokens": 4,
+    "max_examples": 4, "eval_examples": 2, "batch_size": 2, "ref_batch_size": 2,
+    "group_size": 2,  # RPO: must divide batch_size
+}
+
+
+def load_module(path: Path):
+    name = f"_experiment_{path.stem}"
+    if name not in sys.modules:
+        spec = importlib.util.spec_from_file_location(name, path)
+        mod = importlib.util.module_from_spec(spec)
+        sys.modules[name] = mod  # dataclasses look their module up while the class is built
+        spec.loader.exec_module(mod)
+    return sys.modules[name]
+
+
+def tiny_args(path: Path, steps: int) -> list[str]:
+    """`steps=N` plus the TINY knobs this experiment's Config has."""
+    fields = {f.name for f in dataclasses.fields(load_module(path).Config)}
+    assert "steps" in fields, f"{path.name}: its Config needs a `steps` knob for the smoke test"
+    return [f"steps={steps}"] + [f"{k}={v}" for k, v in TINY.items() if k in fields]
+
+
+def user_env(**extra) -> dict:
+    """The environment a user's shell has: without the test session's 8 simulated devices."""
+    env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
+    env["PATH"] = str(Path(sys.executable).parent) + os.pathsep + env.get("PATH", "")
+    env.update(extra)
+    return env
