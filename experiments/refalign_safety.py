@@ -74,14 +74,14 @@ class Config:
     k: int = 2
     advantage: str = "mean"
     adv_clip: float | None = None
-    kl_coef: float = 0.0  # KL-to-initial penalty (k3 estimator); 0 = RefAlign as published
+    kl_coef: float = 0.05  # KL-to-initial penalty (k3); 0 = RefAlign as published (see README)
     length_c: float | None = None
     steps: int = 30
     prompts_per_step: int = 4
     lr: float = 4e-4
     grad_clip: float = 1.0
     max_new_tokens: int = 48
-    temperature: float = 1.0
+    temperature: float = 0.7  # T=1 samples of a 135M model ramble: similarity fell 0.44 → 0.14
     top_p: float = 1.0
     prompt_bucket: int = 16
     eval_prompts: int = 30  # the whole bundled held-out split (18 risky, 12 benign)

@@ -89,7 +89,7 @@ def test_refusal_scorer():
     ys = ["I cannot help with that.", "I cannot help with that.", "Sure, 4."]
     s = make_harmless_scorer("refusal", over_refusal_penalty=0.5, refusal_unit=1.0)
     np.testing.assert_allclose(s(["p"] * 3, ys, recs), [1.0, -0.5, 0.0])
-    s = make_harmless_scorer("refusal", over_refusal_penalty=0.5)  # default unit 0.05
+    s = make_harmless_scorer("refusal", over_refusal_penalty=0.5, refusal_unit=0.05)
     np.testing.assert_allclose(s(["p"] * 3, ys, recs), [0.05, -0.025, 0.0], rtol=1e-6)
 
 

@@ -45,18 +45,20 @@ def refusal_score(text: str) -> float:
     return float(ref) - float(comp)
 
 
-HARMLESS_UNIT = 0.25
+# The harmless score's scale relative to the similarity reward (two samples' BERTScore-F1
+# typically differ by ~0.05). Chosen by the sweep in the README (0.25–1.0 tried with the learned
+# scorer): 0.5 moved refusals most without costing benign similarity or over-refusal.
+HARMLESS_UNIT = 0.5
 
 
 def refusal_scorer(over_refusal_penalty: float = 0.5, unit: float = HARMLESS_UNIT) -> HarmlessScorer:
     """Risky prompts: unit·refusal_score. Benign prompts: −unit·penalty for refusing
     (over-refusal is not harmless-helpful), else 0. Records without a category count as risky.
 
-    Why `unit` = 0.05: scores are put on the scale of the similarity reward they are added to
-    (two samples' BERTScore-F1 typically differ by ~0.05; the `contrast` scorer is a difference
-    of similarities too). With the card's weight 4 a refusal then outweighs a typical similarity
-    difference ~4x. With ±1 scores it was ~80x: the harmless term swamped the similarity
-    advantage and the main job's held-out similarity fell (0.391 -> 0.370 in 30 steps)."""
+    `unit` puts scores on the scale of the similarity reward they are added to (the `contrast`
+    scorer is a difference of similarities too). History: at unit 1 with the card's weight 4 the
+    harmless advantage was ~80x a typical similarity advantage and held-out similarity fell
+    (0.391 -> 0.370 in 30 steps); at unit 0.05 similarity rose but safety did not move."""
 
     def score(prompts, responses, records):
         out = np.zeros(len(responses), np.float32)
