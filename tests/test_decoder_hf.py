@@ -115,7 +115,7 @@ def test_sharded_index_checkpoint_and_dtype(tmp_path):
     assert d.layers.lora_a_wq[...].shape == (2, 64, 2)
 
 
-@pytest.mark.parametrize("field,value", [("model_type", "gpt2"), ("hidden_act", "gelu")])
+@pytest.mark.parametrize("field,value", [("model_type", "gpt2"), ("hidden_act", "relu")])
 def test_unsupported_config_names_field(field, value, tmp_path):
     cfg = CASES["llama3_rope"].to_dict()
     cfg[field] = value

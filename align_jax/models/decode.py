@@ -21,14 +21,13 @@ against HF transformers.
 
 from __future__ import annotations
 
-import math
-
 import jax
 import jax.numpy as jnp
 from flax import struct
 
-from align_jax.models.llama import (_NEG, KVCache, _proj_shapes, apply_rope, rms_norm,
-                                    rope_cos_sin)
+from align_jax.models.llama import KVCache, _norm_shapes, _proj_shapes
+from align_jax.models.ops import (NEG, activation, apply_rope, embed_tokens, rms_norm,
+                                  rope_tables, softcap, windowed)
 from align_jax.sharding import constrain
 
 K_AXES = ("batch", "kv_heads", "head_dim", "length")  # per-layer K buffer [B, K, E, S]
@@ -64,7 +63,7 @@ class LayerCache:
 
 def decode_weights(model) -> dict:
     """{"layers": per-layer dicts of LoRA-merged, fused weights in the compute dtype (wqkv
-    [D, (H+2K)E], wo, wgu [D, 2F], w_down, the two norms, biases where configured),
+    [D, (H+2K)E], wo, wgu [D, 2F], w_down, the layer's norms, biases where configured),
     "head": the output projection as [D, V] column blocks of <= HEAD_BLOCK tokens}.
 
     The head is split because XLA:CPU's GEMM at M = batch rows streams a [D, <=8k] block at
@@ -93,8 +92,8 @@ def decode_weights(model) -> dict:
                                 for b, n in zip(bs, names)])
 
     def layer(l):
-        w = {
-            "attn_norm": arrs["attn_norm"][l], "mlp_norm": arrs["mlp_norm"][l],
+        w = {n: arrs[n][l] for n in _norm_shapes(cfg)}
+        w |= {
             "wqkv": jnp.concatenate([merged(n, l) for n in ("wq", "wk", "wv")], axis=-1),
             "bqkv": bias(("wq", "wk", "wv"), l),
             "wo": merged("wo", l), "bo": bias(("wo",), l),
@@ -125,42 +124,56 @@ def decode_step(model, weights, cache: LayerCache, tokens_b, live_b):
     B = tokens_b.shape[0]
     H, K, E = cfg.num_heads, cfg.num_kv_heads, cfg.head_dim
     G, dt = H // K, jnp.dtype(cfg.dtype)
+    eps, off = cfg.rms_norm_eps, cfg.norm_offset
     idx, S = cache.index, cache.valid_bs.shape[1]
     z = jnp.zeros((), jnp.int32)
     pos_b = jnp.sum(cache.valid_bs, axis=1, dtype=jnp.int32)
     valid_bs = jax.lax.dynamic_update_slice(cache.valid_bs, live_b[:, None], (z, idx))
     pos_bs = jax.lax.dynamic_update_slice(cache.pos_bs, pos_b[:, None], (z, idx))
     allowed_bs = valid_bs & (jnp.arange(S)[None, :] <= idx)
-    if cfg.sliding_window:
-        allowed_bs &= (pos_b[:, None] - pos_bs) < cfg.sliding_window
-    cos, sin = rope_cos_sin(cfg, pos_b[:, None])  # [B, 1, E]
+    # the layer loop is unrolled: each layer's window / RoPE table is a static choice here
+    masks = {False: allowed_bs, True: windowed(allowed_bs, pos_b[:, None] - pos_bs,
+                                               cfg.sliding_window or 0)}
+    ropes = rope_tables(cfg, pos_b[:, None])  # [B, 1, R] each
 
-    x = jnp.take(model.embed[...], tokens_b, axis=0).astype(dt)
+    x = embed_tokens(cfg, model.embed[...], tokens_b)
     ks, vs = [], []
-    for w, kc, vc in zip(weights["layers"], cache.k_bkes, cache.v_bkse):
-        h = rms_norm(x, w["attn_norm"], cfg.rms_norm_eps)
+    for w, kc, vc, local in zip(weights["layers"], cache.k_bkes, cache.v_bkse, cfg.local_layers):
+        cos, sin = ropes[local]
+        h = rms_norm(x, w["attn_norm"], eps, off)
         qkv = _linear(h, w["wqkv"], w.get("bqkv"))
         q, k, v = jnp.split(qkv, [H * E, (H + K) * E], axis=-1)
-        q = apply_rope(q.reshape(B, 1, H, E), cos, sin).reshape(B, K, G, E)
-        k = apply_rope(k.reshape(B, 1, K, E), cos, sin).reshape(B, K, E, 1)
+        q, k = q.reshape(B, 1, H, E), k.reshape(B, 1, K, E)
+        if cfg.qk_norm:
+            q, k = rms_norm(q, w["q_norm"], eps, off), rms_norm(k, w["k_norm"], eps, off)
+        q = apply_rope(q, cos, sin).reshape(B, K, G, E)
+        k = apply_rope(k, cos, sin).reshape(B, K, E, 1)
         kc = jax.lax.dynamic_update_slice(kc, k.astype(kc.dtype), (z, z, z, idx))
         vc = jax.lax.dynamic_update_slice(vc, v.reshape(B, K, 1, E).astype(vc.dtype),
                                           (z, z, idx, z))
         kc, vc = constrain(kc, K_AXES), constrain(vc, V_AXES)
         s = jnp.einsum("bkge,bkes->bkgs", q, kc.astype(dt), preferred_element_type=jnp.float32)
-        s = jnp.where(allowed_bs[:, None, None, :], s / math.sqrt(E), _NEG)
+        s = softcap(s * cfg.attn_scale, cfg.attn_logit_softcapping)
+        s = jnp.where(masks[local][:, None, None, :], s, NEG)
         p = jax.nn.softmax(s, axis=-1).astype(dt)
         a = jnp.einsum("bkgs,bkse->bkge", p, vc.astype(dt)).reshape(B, H * E)
-        x = constrain(x + _linear(a, w["wo"], w.get("bo")), ("batch", "embed"))
-        h = rms_norm(x, w["mlp_norm"], cfg.rms_norm_eps)
+        o = _linear(a, w["wo"], w.get("bo"))
+        if cfg.sandwich_norms:
+            o = rms_norm(o, w["attn_post_norm"], eps, off)
+        x = constrain(x + o, ("batch", "embed"))
+        h = rms_norm(x, w["mlp_norm"], eps, off)
         g, u = jnp.split(_linear(h, w["wgu"], w.get("bgu")), 2, axis=-1)
-        m = constrain(jax.nn.silu(g) * u, ("batch", "mlp"))
-        x = constrain(x + _linear(m, w["w_down"], w.get("b_down")), ("batch", "embed"))
+        m = constrain(activation(cfg, g) * u, ("batch", "mlp"))
+        m = _linear(m, w["w_down"], w.get("b_down"))
+        if cfg.sandwich_norms:
+            m = rms_norm(m, w["mlp_post_norm"], eps, off)
+        x = constrain(x + m, ("batch", "embed"))
         ks.append(kc)
         vs.append(vc)
-    x = rms_norm(x, model.final_norm[...], cfg.rms_norm_eps)
+    x = rms_norm(x, model.final_norm[...], eps, off)
     logits = jnp.concatenate([jnp.dot(x, w, preferred_element_type=jnp.float32)
                               for w in weights["head"]], axis=-1)
+    logits = softcap(logits, cfg.final_logit_softcapping)
     new = LayerCache(k_bkes=tuple(ks), v_bkse=tuple(vs), valid_bs=valid_bs, pos_bs=pos_bs,
                      index=idx + 1)
     return constrain(logits, ("batch", "vocab")), new

@@ -218,7 +218,7 @@ def fit_llama3_rope(freq_factors: np.ndarray, theta: float, head_dim: int) -> tu
 
 
 def _llama3_factors(inv, scaling):
-    """Divisors of inv_freq under llama3 scaling (numpy mirror of llama.rope_inv_freq)."""
+    """Divisors of inv_freq under llama3 scaling (numpy mirror of ops.rope_inv_freq)."""
     _, factor, lo, hi, orig = scaling
     wl = 2 * math.pi / inv
     smooth = np.clip((orig / wl - lo) / (hi - lo), 0.0, 1.0)

@@ -1,7 +1,9 @@
 """HF safetensors <-> our stacked NNX decoder parameters.
 
-HF stores one tensor per layer in torch's [out, in] layout; we store [L, in, out] stacks. The map
-below is the single place that knows both namings (import and export share it)."""
+HF stores one tensor per layer in torch's [out, in] layout; we store [L, in, out] stacks. The maps
+below are the single place that knows both namings (import and export share them): the llama
+names, Gemma's four norms, q/k norms, and Phi-3's fused projections (split on import, fused on
+export, so LoRA and the sharding rules see the same separate q/k/v and gate/up everywhere)."""
 
 from __future__ import annotations
 
@@ -19,7 +21,7 @@ from flax import nnx
 from align_jax.errors import DivergenceError
 from align_jax.models.config import DecoderConfig
 from align_jax.paths import resolve_dir
-from align_jax.models.llama import Decoder
+from align_jax.models.llama import Decoder, _proj_shapes
 
 # our stacked name -> HF per-layer suffix (after "model.layers.{i}.")
 LAYER_MAP = {
@@ -33,8 +35,33 @@ LAYER_MAP = {
     "w_up": "mlp.up_proj.weight", "b_up": "mlp.up_proj.bias",
     "w_down": "mlp.down_proj.weight", "b_down": "mlp.down_proj.bias",
 }
+# Gemma 2/3: "post_attention_layernorm" is the norm on the attention OUTPUT (llama's pre-MLP norm
+# has that name); the pre-MLP norm is "pre_feedforward_layernorm".
+GEMMA_NORMS = {
+    "attn_post_norm": "post_attention_layernorm.weight",
+    "mlp_norm": "pre_feedforward_layernorm.weight",
+    "mlp_post_norm": "post_feedforward_layernorm.weight",
+}
+QK_NORMS = {"q_norm": "self_attn.q_norm.weight", "k_norm": "self_attn.k_norm.weight"}
+# HF tensor -> our projections it concatenates along the output rows (Phi-3)
+FUSED = {"self_attn.qkv_proj.weight": ("wq", "wk", "wv"),
+         "mlp.gate_up_proj.weight": ("w_gate", "w_up")}
 TOP_MAP = {"embed": "model.embed_tokens.weight", "final_norm": "model.norm.weight",
            "lm_head": "lm_head.weight"}
+
+
+def layer_map(cfg: DecoderConfig) -> dict[str, str]:
+    """Our stacked name -> HF per-layer suffix for this config's family (unfused names)."""
+    m = dict(LAYER_MAP)
+    if cfg.sandwich_norms:
+        m.update(GEMMA_NORMS)
+    if cfg.qk_norm:
+        m.update(QK_NORMS)
+    return m
+
+
+def _fused(cfg: DecoderConfig) -> dict:
+    return FUSED if cfg.model_type == "phi3" else {}
 
 
 def _is_matrix(name: str) -> bool:
@@ -78,6 +105,7 @@ def _load_any_dtype(file: Path, load_file) -> dict[str, np.ndarray]:
 def hf_to_params(tensors: Mapping[str, np.ndarray], cfg: DecoderConfig) -> dict[str, np.ndarray]:
     """HF tensor dict -> {our flat name: array} ("layers.wq", "embed", ...)."""
     t = {re.sub(r"^(base_model\.model\.|transformer\.)", "", k): v for k, v in tensors.items()}
+    lmap = layer_map(cfg)
     out: dict[str, np.ndarray] = {}
 
     def get(key):
@@ -85,14 +113,19 @@ def hf_to_params(tensors: Mapping[str, np.ndarray], cfg: DecoderConfig) -> dict[
             raise KeyError(f"checkpoint is missing tensor {key!r}")
         return np.asarray(t[key])
 
+    sizes = {n: s[1] for n, s in _proj_shapes(cfg).items()}
+    for suffix, names in _fused(cfg).items():  # split into the unfused HF names first
+        for i in range(cfg.num_layers):
+            parts = np.split(get(f"model.layers.{i}.{suffix}"),
+                             np.cumsum([sizes[n] for n in names])[:-1], axis=0)
+            t.update({f"model.layers.{i}.{lmap[n]}": p for n, p in zip(names, parts)})
     out["embed"] = get(TOP_MAP["embed"])
     out["final_norm"] = get(TOP_MAP["final_norm"])
     if not cfg.tie_word_embeddings:
         out["lm_head"] = get(TOP_MAP["lm_head"]).T
-    present = {n for n in LAYER_MAP if f"model.layers.0.{LAYER_MAP[n]}" in t}
-    for name, suffix in LAYER_MAP.items():
-        if name not in present:
-            continue
+    for name, suffix in lmap.items():
+        if f"model.layers.0.{suffix}" not in t:
+            continue  # absent biases; a missing weight is reported by build_decoder
         # HF stores [out, in]; ours is [in, out]: transpose while stacking (one contiguous copy)
         layers = [get(f"model.layers.{i}.{suffix}") for i in range(cfg.num_layers)]
         out["layers." + name] = np.stack([x.T for x in layers] if _is_matrix(name) else layers)
@@ -101,6 +134,7 @@ def hf_to_params(tensors: Mapping[str, np.ndarray], cfg: DecoderConfig) -> dict[
 
 def params_to_hf(flat: Mapping[str, np.ndarray], cfg: DecoderConfig) -> dict[str, np.ndarray]:
     """Inverse of :func:`hf_to_params` (LoRA must be merged first)."""
+    lmap = layer_map(cfg)
     out = {}
     for name, arr in flat.items():
         arr = np.asarray(arr)
@@ -110,9 +144,13 @@ def params_to_hf(flat: Mapping[str, np.ndarray], cfg: DecoderConfig) -> dict[str
                 continue
             for i in range(cfg.num_layers):
                 a = arr[i].T if _is_matrix(short) else arr[i]
-                out[f"model.layers.{i}.{LAYER_MAP[short]}"] = np.ascontiguousarray(a)
+                out[f"model.layers.{i}.{lmap[short]}"] = np.ascontiguousarray(a)
         else:
             out[TOP_MAP[name]] = np.ascontiguousarray(arr.T if name == "lm_head" else arr)
+    for suffix, names in _fused(cfg).items():
+        for i in range(cfg.num_layers):
+            parts = [out.pop(f"model.layers.{i}.{lmap[n]}") for n in names]
+            out[f"model.layers.{i}.{suffix}"] = np.concatenate(parts, axis=0)
     if cfg.tie_word_embeddings:
         out.pop("lm_head.weight", None)
     return out

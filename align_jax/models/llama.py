@@ -1,9 +1,15 @@
-"""Flax NNX Llama-family causal LM (Llama 2/3, Mistral, Qwen2, SmolLM2).
+"""Flax NNX decoder-only causal LM: the Llama family (Llama 2/3, Mistral, Qwen2, SmolLM2) and
+the families that are the same block with switches (Qwen3, Gemma 2, Gemma 3 text, Phi-3; see
+`config.DecoderConfig` and `ops`).
 
 Layers are STACKED: every per-layer weight has a leading `layers` axis and the forward pass is a
 `lax.scan` over them, so compile time does not grow with depth. The KV cache is one preallocated
 buffer per K/V of shape [L, B, S, Hkv, hd] threaded through the scan carry and updated with
 `dynamic_update_slice`, so a jitted decode loop with donated buffers updates it in place.
+
+Per-layer differences (Gemma's alternating sliding-window / global layers, Gemma 3's local RoPE
+base) are DATA: a per-layer window array is scanned with the weights and selects the mask (and
+RoPE table) inside the one scan body, so no family needs Python branching per layer.
 
 Shape suffixes: b=batch, t=query length, s=key/cache length, d=hidden, h=heads, k=kv heads,
 g=query heads per kv head, e=head_dim, v=vocab, l=layers.
@@ -18,9 +24,9 @@ import jax.numpy as jnp
 from flax import nnx, struct
 
 from align_jax.models.config import DecoderConfig
+from align_jax.models.ops import (FAR, NEG, activation, apply_rope, embed_tokens, layer_windows,
+                                  rms_norm, rope_tables, softcap, windowed)
 from align_jax.sharding import constrain
-
-_NEG = -1e30  # finite, so fully-masked (padding) query rows give a uniform, NaN-free softmax
 
 
 class LoRAParam(nnx.Param):
@@ -64,46 +70,6 @@ class KVCache:
 CACHE_AXES = ("layers", "batch", "length", "kv_heads", "head_dim")
 
 
-# ---- RoPE -----------------------------------------------------------------------------------
-def rope_inv_freq(cfg: DecoderConfig) -> jax.Array:
-    e = cfg.head_dim
-    inv = 1.0 / (cfg.rope_theta ** (jnp.arange(0, e, 2, dtype=jnp.float32) / e))
-    if cfg.rope_scaling is None:
-        return inv
-    rtype, factor, lo, hi, orig = cfg.rope_scaling
-    if rtype == "linear":
-        return inv / factor
-    # llama3: long wavelengths are slowed by `factor`, short ones kept, the band between blended.
-    low_wl, high_wl = orig / lo, orig / hi
-    wl = 2 * math.pi / inv
-    scaled = jnp.where(wl > low_wl, inv / factor, inv)
-    smooth = (orig / wl - lo) / (hi - lo)
-    blended = (1 - smooth) * scaled / factor + smooth * scaled
-    medium = (wl >= high_wl) & (wl <= low_wl)
-    return jnp.where(medium, blended, scaled)
-
-
-def rope_cos_sin(cfg: DecoderConfig, pos_bt: jax.Array):
-    inv = rope_inv_freq(cfg)
-    ang = pos_bt.astype(jnp.float32)[..., None] * inv  # [b,t,e/2]
-    ang = jnp.concatenate([ang, ang], axis=-1)
-    return jnp.cos(ang), jnp.sin(ang)
-
-
-def apply_rope(x_bthe, cos_bte, sin_bte):
-    half = x_bthe.shape[-1] // 2
-    rot = jnp.concatenate([-x_bthe[..., half:], x_bthe[..., :half]], axis=-1)
-    xf = x_bthe.astype(jnp.float32)
-    out = xf * cos_bte[:, :, None] + rot.astype(jnp.float32) * sin_bte[:, :, None]
-    return out.astype(x_bthe.dtype)
-
-
-def rms_norm(x, w, eps):
-    xf = x.astype(jnp.float32)
-    xf = xf * jax.lax.rsqrt(jnp.mean(xf * xf, axis=-1, keepdims=True) + eps)
-    return (w.astype(jnp.float32) * xf).astype(x.dtype)
-
-
 # ---- parameters -----------------------------------------------------------------------------
 def _proj_shapes(cfg: DecoderConfig):
     d, f = cfg.hidden_size, cfg.intermediate_size
@@ -120,14 +86,27 @@ def _proj_shapes(cfg: DecoderConfig):
     }
 
 
+def _norm_shapes(cfg: DecoderConfig) -> dict[str, int]:
+    """Per-layer norm weights: pre-norms always, Gemma's post-norms, Qwen3/Gemma 3's q/k norms
+    (one weight over head_dim, shared by all heads)."""
+    d = cfg.hidden_size
+    out = {"attn_norm": d, "mlp_norm": d}
+    if cfg.sandwich_norms:
+        out.update(attn_post_norm=d, mlp_post_norm=d)
+    if cfg.qk_norm:
+        out.update(q_norm=cfg.head_dim, k_norm=cfg.head_dim)
+    return out
+
+
 class DecoderLayers(nnx.Module):
     """All transformer blocks' weights, stacked on a leading `layers` axis."""
 
     def __init__(self, cfg: DecoderConfig, rngs: nnx.Rngs):
         L, pd = cfg.num_layers, jnp.dtype(cfg.param_dtype)
         init = nnx.initializers.normal(0.02)
-        self.attn_norm = nnx.Param(jnp.ones((L, cfg.hidden_size), pd), axes=("layers", "norm"))
-        self.mlp_norm = nnx.Param(jnp.ones((L, cfg.hidden_size), pd), axes=("layers", "norm"))
+        for name, size in _norm_shapes(cfg).items():  # identity at init: w = 1, or (1 + w) = 1
+            setattr(self, name, nnx.Param(jnp.full((L, size), 1.0 - cfg.norm_offset, pd),
+                                          axes=("layers", "norm")))
         for name, (i, o, ia, oa, bias) in _proj_shapes(cfg).items():
             setattr(self, name, nnx.Param(init(rngs.params(), (L, i, o), pd), axes=("layers", ia, oa)))
             if bias:
@@ -155,7 +134,8 @@ class Decoder(nnx.Module):
         self.embed = nnx.Param(init(rngs.params(), (cfg.vocab_size, cfg.hidden_size), pd),
                                axes=("vocab", "embed"))
         self.layers = DecoderLayers(cfg, rngs)
-        self.final_norm = nnx.Param(jnp.ones((cfg.hidden_size,), pd), axes=("norm",))
+        self.final_norm = nnx.Param(jnp.full((cfg.hidden_size,), 1.0 - cfg.norm_offset, pd),
+                                    axes=("norm",))
         if not cfg.tie_word_embeddings:
             self.lm_head = nnx.Param(init(rngs.params(), (cfg.hidden_size, cfg.vocab_size), pd),
                                      axes=("embed", "vocab"))
@@ -170,6 +150,7 @@ class Decoder(nnx.Module):
         w = self.embed[...].T if self.cfg.tie_word_embeddings else self.lm_head[...]
         w = w.astype(self.cfg.dtype)
         logits = jnp.einsum("btd,dv->btv", h_btd, w, preferred_element_type=jnp.float32)
+        logits = softcap(logits, self.cfg.final_logit_softcapping)
         return constrain(logits, ("batch", "length", "vocab"))
 
     def hidden_states(self, input_ids, attention_mask=None, *, positions=None, cache=None):
@@ -193,26 +174,35 @@ class Decoder(nnx.Module):
             key_pos = jax.lax.dynamic_update_slice(cache.pos_bs, positions, (0, idx))
             q_slot, k_slot = idx + jnp.arange(T), jnp.arange(cache.max_len)
         allowed = key_valid[:, None, :] & (k_slot[None, None, :] <= q_slot[None, :, None])
-        if cfg.sliding_window:
-            allowed &= (positions[:, :, None] - key_pos[:, None, :]) < cfg.sliding_window
+        dist = positions[:, :, None] - key_pos[:, None, :]  # RoPE distance query -> key
+        windows = layer_windows(cfg)
+        mixed = bool((windows != windows[0]).any())  # else one mask serves every layer
+        if not mixed and windows[0] < FAR:
+            allowed = windowed(allowed, dist, int(windows[0]))
 
-        x = jnp.take(self.embed[...], input_ids, axis=0).astype(cfg.dtype)
-        x = constrain(x, ("batch", "length", "embed"))
-        cos, sin = rope_cos_sin(cfg, positions)
+        x = constrain(embed_tokens(cfg, self.embed[...], input_ids), ("batch", "length", "embed"))
+        ropes = rope_tables(cfg, positions)
         params = self.layers.arrays()
 
         def body(carry, xs):
             x, ck, cv = carry
-            lp, l = xs
-            x, ck, cv = _block(cfg, x, lp, l, ck, cv, allowed, cos, sin,
+            lp, l, window = xs
+            mask, (cos, sin) = allowed, ropes[False]
+            if mixed:  # per-layer flags from the scanned window array, no Python branching
+                mask = windowed(allowed, dist, window)
+                if ropes[True] is not ropes[False]:
+                    cos = jnp.where(window < FAR, ropes[True][0], cos)
+                    sin = jnp.where(window < FAR, ropes[True][1], sin)
+            x, ck, cv = _block(cfg, x, lp, l, ck, cv, mask, cos, sin,
                                None if cache is None else cache.index)
             return (x, ck, cv), None
 
         if cfg.remat:
             body = jax.checkpoint(body, prevent_cse=False)
         ck, cv = (None, None) if cache is None else (cache.k_lbske, cache.v_lbske)
-        (x, ck, cv), _ = jax.lax.scan(body, (x, ck, cv), (params, jnp.arange(cfg.num_layers)))
-        x = rms_norm(x, self.final_norm[...], cfg.rms_norm_eps)
+        xs = (params, jnp.arange(cfg.num_layers), jnp.asarray(windows))
+        (x, ck, cv), _ = jax.lax.scan(body, (x, ck, cv), xs)
+        x = rms_norm(x, self.final_norm[...], cfg.rms_norm_eps, cfg.norm_offset)
         new_cache = None
         if cache is not None:
             new_cache = KVCache(
@@ -239,9 +229,13 @@ def _block(cfg: DecoderConfig, x, lp, layer, ck, cv, allowed_bts, cos, sin, cach
     B, T, _ = x.shape
     H, K, E = cfg.num_heads, cfg.num_kv_heads, cfg.head_dim
     G = H // K
-    h = rms_norm(x, lp["attn_norm"], cfg.rms_norm_eps)
-    q = apply_rope(_proj(cfg, lp, "wq", h).reshape(B, T, H, E), cos, sin)
-    k = apply_rope(_proj(cfg, lp, "wk", h).reshape(B, T, K, E), cos, sin)
+    eps, off = cfg.rms_norm_eps, cfg.norm_offset
+    h = rms_norm(x, lp["attn_norm"], eps, off)
+    q = _proj(cfg, lp, "wq", h).reshape(B, T, H, E)
+    k = _proj(cfg, lp, "wk", h).reshape(B, T, K, E)
+    if cfg.qk_norm:
+        q, k = rms_norm(q, lp["q_norm"], eps, off), rms_norm(k, lp["k_norm"], eps, off)
+    q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
     v = _proj(cfg, lp, "wv", h).reshape(B, T, K, E)
     if cache_index is not None:
         z = jnp.zeros((), jnp.int32)
@@ -251,14 +245,17 @@ def _block(cfg: DecoderConfig, x, lp, layer, ck, cv, allowed_bts, cos, sin, cach
         v = jax.lax.dynamic_index_in_dim(cv, layer, 0, keepdims=False).astype(cfg.dtype)
     q = constrain(q.reshape(B, T, K, G, E), ("batch", "length", "kv_heads", None, "head_dim"))
     scores = jnp.einsum("btkge,bske->bkgts", q, k, preferred_element_type=jnp.float32)
-    scores = scores / math.sqrt(E)
-    scores = jnp.where(allowed_bts[:, None, None], scores, _NEG)
+    scores = softcap(scores * cfg.attn_scale, cfg.attn_logit_softcapping)
+    scores = jnp.where(allowed_bts[:, None, None], scores, NEG)
     probs = jax.nn.softmax(scores, axis=-1).astype(cfg.dtype)
     attn = jnp.einsum("bkgts,bske->btkge", probs, v).reshape(B, T, H * E)
-    x = x + _proj(cfg, lp, "wo", attn)
-    x = constrain(x, ("batch", "length", "embed"))
-    h = rms_norm(x, lp["mlp_norm"], cfg.rms_norm_eps)
-    m = jax.nn.silu(_proj(cfg, lp, "w_gate", h)) * _proj(cfg, lp, "w_up", h)
-    m = constrain(m, ("batch", "length", "mlp"))
-    x = x + _proj(cfg, lp, "w_down", m)
-    return constrain(x, ("batch", "length", "embed")), ck, cv
+    o = _proj(cfg, lp, "wo", attn)
+    if cfg.sandwich_norms:
+        o = rms_norm(o, lp["attn_post_norm"], eps, off)
+    x = constrain(x + o, ("batch", "length", "embed"))
+    h = rms_norm(x, lp["mlp_norm"], eps, off)
+    m = activation(cfg, _proj(cfg, lp, "w_gate", h)) * _proj(cfg, lp, "w_up", h)
+    m = _proj(cfg, lp, "w_down", constrain(m, ("batch", "length", "mlp")))
+    if cfg.sandwich_norms:
+        m = rms_norm(m, lp["mlp_post_norm"], eps, off)
+    return constrain(x + m, ("batch", "length", "embed")), ck, cv

@@ -1,32 +1,96 @@
-"""Host-side n-gram similarity metrics: ROUGE-L F, sentence BLEU, METEOR (pure Python).
+"""Host-side n-gram similarity metrics: ROUGE-L F, sentence BLEU, METEOR.
 
-These run on the host (text in, float out); they are cheap next to sampling and need no
-accelerator. All are sentence-level, one candidate against one reference, in [0, 1].
+Each equals the implementation papers report with (tests assert |ours - library| <= 1e-6 on
+hundreds of random pairs):
 
-Tokenisation (documented because scores depend on it):
-  * ROUGE-L: lowercased runs of letters/digits (like `rouge-score`'s default tokenizer, but
-    keeping non-ASCII letters instead of dropping them); punctuation is ignored.
-  * BLEU / METEOR: lowercased words (`\\w+`) plus each punctuation character as its own token.
+* ``rouge_l(c, r, stem=s)`` == ``rouge_score.rouge_scorer.RougeScorer(["rougeL"],
+  use_stemmer=s).score(r, c)["rougeL"].fmeasure`` (Google's `rouge-score`: lowercase, runs of
+  ASCII letters/digits, NLTK Porter stem on words longer than 3 characters).
+* ``sentence_bleu(c, r)`` == ``sacrebleu.sentence_bleu(c, [r]).score / 100`` (13a tokeniser,
+  case-sensitive, "exp" smoothing, effective order: the `sacrebleu` defaults).
+* ``meteor(c, r)`` == ``nltk.translate.meteor_score.meteor_score([word_tokens(r)],
+  word_tokens(c))`` (alpha 0.9, beta 3, gamma 0.5; exact, then Porter-stem, then WordNet
+  synonym matching). The synonym stage runs only when a WordNet copy is installed
+  (`nltk.download("wordnet")` done beforehand; nothing is downloaded here); without one it is
+  OFF and scores equal NLTK's with an empty WordNet (`wordnet_available()` says which).
+
+Why our own code rather than calls into those packages: it is as fast or faster at reward
+batch sizes. CPU ms for 256 pairs of 40-80-word answers (one core, `time.process_time`):
+ROUGE-L 10 vs rouge-score 273 (with stemming 28 vs 689): a bit-parallel LCS where rouge-score
+fills an O(|c|·|r|) Python table; METEOR 38 vs nltk 346: each distinct word is stemmed once
+(`lru_cache`) where NLTK stems every word of every pair; BLEU 114 vs 114 for a reused
+`sacrebleu.metrics.BLEU` object (both dominated by the same 13a regexes; 55 vs 66 once
+tokenisations are cached) and vs 158 for `sacrebleu.sentence_bleu`, which builds its object per
+call. So rouge-score and sacrebleu are test-only dependencies. The Porter stemmer IS the
+library's (`nltk.stem.porter.PorterStemmer`, NLTK extensions); nltk is imported on the first
+stemmed call (ROUGE-L with stem=True, METEOR).
 """
 from __future__ import annotations
 
+import functools
 import math
 import re
-from collections import Counter
+from collections import Counter, defaultdict
+from itertools import chain
 
-_ALNUM = re.compile(r"[^\W_]+")
+_ROUGE_TOKEN = re.compile(r"[a-z0-9]+")
 _WORD_PUNCT = re.compile(r"\w+|[^\w\s]")
 
 
-def rouge_tokens(text: str) -> list[str]:
-    return _ALNUM.findall(text.lower())
+# ------------------------------------------------------------------------------ tokenisers
+
+def rouge_tokens(text: str, stem: bool = False) -> list[str]:
+    """rouge-score's default tokenizer: lowercase, runs of [a-z0-9] (anything else, non-ASCII
+    letters included, separates), Porter stem on tokens longer than 3 characters."""
+    toks = _ROUGE_TOKEN.findall(text.lower())
+    if stem:
+        toks = [porter_stem(t) if len(t) > 3 else t for t in toks]
+        toks = [t for t in toks if _ROUGE_TOKEN.fullmatch(t)]
+    return toks
 
 
 def word_tokens(text: str) -> list[str]:
+    """METEOR's tokens: lowercased words (`\\w+`) plus each punctuation character alone."""
     return _WORD_PUNCT.findall(text.lower())
 
 
-# ---------------------------------------------------------------------------------- ROUGE-L
+# mteval-v13a as sacrebleu writes it (tokenizers/tokenizer_13a.py + tokenizer_re.py)
+_13A = (
+    (re.compile(r"([\{-\~\[-\` -\&\(-\+\:-\@\/])"), r" \1 "),  # most punctuation
+    (re.compile(r"([^0-9])([\.,])"), r"\1 \2 "),  # period/comma unless preceded by a digit
+    (re.compile(r"([\.,])([^0-9])"), r" \1 \2"),  # ... unless followed by a digit
+    (re.compile(r"([0-9])(-)"), r"\1 \2 "),  # dash after a digit
+)
+
+
+@functools.lru_cache(maxsize=1 << 16)
+def bleu_tokens(text: str) -> tuple[str, ...]:
+    """sacrebleu's default ("13a") tokenisation of one segment (right-stripped first, as
+    sacrebleu's BLEU does); case kept."""
+    line = text.rstrip().replace("<skipped>", "").replace("-\n", "").replace("\n", " ")
+    if "&" in line:
+        line = (line.replace("&quot;", '"').replace("&amp;", "&").replace("&lt;", "<")
+                .replace("&gt;", ">"))
+    line = f" {line} "
+    for pattern, repl in _13A:
+        line = pattern.sub(repl, line)
+    return tuple(line.split())
+
+
+@functools.lru_cache(maxsize=1 << 16)
+def porter_stem(word: str) -> str:
+    """NLTK's Porter stemmer (default NLTK_EXTENSIONS mode), one call per distinct word."""
+    return _stemmer().stem(word)
+
+
+@functools.lru_cache(maxsize=1)
+def _stemmer():
+    from nltk.stem.porter import PorterStemmer
+
+    return PorterStemmer()
+
+
+# --------------------------------------------------------------------------------- ROUGE-L
 
 def lcs_length(a: list[str], b: list[str]) -> int:
     """Length of the longest common subsequence, bit-parallel (Allison–Dix / Hyyrö): one
@@ -45,174 +109,113 @@ def lcs_length(a: list[str], b: list[str]) -> int:
     return len(a) - bin(v).count("1")
 
 
-def rouge_l(candidate: str, reference: str) -> float:
+def rouge_l(candidate: str, reference: str, stem: bool = False) -> float:
     """ROUGE-L F1: P = LCS/|cand|, R = LCS/|ref|, F = 2PR/(P+R) (0 if either is empty)."""
-    c, r = rouge_tokens(candidate), rouge_tokens(reference)
-    lcs = lcs_length(c, r)
-    if lcs == 0:
+    c, r = rouge_tokens(candidate, stem), rouge_tokens(reference, stem)
+    if not c or not r:
         return 0.0
+    lcs = lcs_length(r, c)
     p, rec = lcs / len(c), lcs / len(r)
-    return 2 * p * rec / (p + rec)
+    return 2 * p * rec / (p + rec) if p + rec > 0 else 0.0
 
 
 # ------------------------------------------------------------------------------------ BLEU
 
-def _ngrams(toks: list[str], n: int) -> Counter:
-    return Counter(tuple(toks[i:i + n]) for i in range(len(toks) - n + 1))
+def _ngram_counts(toks: tuple[str, ...], max_n: int) -> Counter:
+    counts: Counter = Counter()
+    for n in range(1, max_n + 1):  # zip of shifted views: ~15% faster than slicing n-grams
+        counts.update(zip(*[toks[i:] for i in range(n)]))
+    return counts
 
 
-def sentence_bleu(candidate: str, reference: str, max_n: int = 4, epsilon: float = 0.1) -> float:
-    """Sentence BLEU with uniform weights over 1..max_n-grams and brevity penalty.
+def sentence_bleu(candidate: str, reference: str, max_n: int = 4) -> float:
+    """sacrebleu's sentence BLEU / 100 (13a tokens, case-sensitive).
 
-    Smoothing (NLTK `SmoothingFunction().method1` semantics): an order with zero clipped
-    matches gets precision epsilon / max(1, #candidate n-grams) instead of 0, so one missing
-    4-gram does not zero the score of a short answer. As in NLTK, no unigram match at all
-    → 0, and orders longer than the candidate count as zero-match orders (a 2-word exact
-    match therefore scores (1·1·0.1·0.1)^(1/4) ≈ 0.32, not 1 — BLEU is a poor reward for
-    very short answers).
-      p_n = Σ min(count_cand(g), count_ref(g)) / max(1, Σ count_cand(g))
-      BP  = 1 if |c| > |r| else exp(1 − |r|/|c|)
-      BLEU = BP · exp(Σ_n log p_n / max_n)
+    p_n = clipped matches / candidate n-grams; an order with candidate n-grams but no match
+    gets 1 / (2^k · total) for its k-th such order ("exp" smoothing, NIST mteval); orders the
+    candidate is too short for are left out (effective order); no match at all -> 0;
+    BP = exp(1 - |r|/|c|) when |c| < |r|.  BLEU = BP · exp(mean_n log p_n).
     """
-    c, r = word_tokens(candidate), word_tokens(reference)
-    if not c:
+    c, r = bleu_tokens(candidate), bleu_tokens(reference)
+    hyp, ref = _ngram_counts(c, max_n), _ngram_counts(r, max_n)
+    correct, total = [0] * max_n, [0] * max_n
+    for g, k in hyp.items():
+        total[len(g) - 1] += k
+        correct[len(g) - 1] += min(k, ref.get(g, 0))
+    if not any(correct):
         return 0.0
-    log_p = 0.0
-    for n in range(1, max_n + 1):
-        cand, ref = _ngrams(c, n), _ngrams(r, n)
-        hits = sum(min(k, ref[g]) for g, k in cand.items())
-        total = max(1, sum(cand.values()))
-        if hits == 0:
-            if n == 1:
-                return 0.0
-            log_p += math.log(epsilon / total)
+    bp = 1.0 if len(c) >= len(r) else math.exp(1 - len(r) / len(c))
+    log_sum, smooth, order = 0.0, 1.0, max_n
+    for n in range(max_n):
+        if total[n] == 0:
+            break
+        order = n + 1
+        if correct[n] == 0:
+            smooth *= 2
+            log_sum += math.log(100.0 / (smooth * total[n]))
         else:
-            log_p += math.log(hits / total)
-    bp = 1.0 if len(c) > len(r) else math.exp(1.0 - len(r) / len(c))
-    return bp * math.exp(log_p / max_n)
-
-
-# ---------------------------------------------------------------------------- Porter stem
-
-_VOWELS = frozenset("aeiou")
-
-
-def _is_cons(w: str, i: int) -> bool:
-    ch = w[i]
-    if ch in _VOWELS:
-        return False
-    if ch == "y":  # y is a consonant at the start or after a vowel
-        return i == 0 or not _is_cons(w, i - 1)
-    return True
-
-
-def _measure(stem: str) -> int:
-    """m in [C](VC)^m[V]: number of vowel→consonant transitions."""
-    m, prev_vowel = 0, False
-    for i in range(len(stem)):
-        vowel = not _is_cons(stem, i)
-        if prev_vowel and not vowel:
-            m += 1
-        prev_vowel = vowel
-    return m
-
-
-def _has_vowel(stem: str) -> bool:
-    return any(not _is_cons(stem, i) for i in range(len(stem)))
-
-
-def _double_cons(w: str) -> bool:
-    return len(w) >= 2 and w[-1] == w[-2] and _is_cons(w, len(w) - 1)
-
-
-def _cvc(w: str) -> bool:
-    n = len(w)
-    return (n >= 3 and _is_cons(w, n - 3) and not _is_cons(w, n - 2) and _is_cons(w, n - 1)
-            and w[-1] not in "wxy")
-
-
-_STEP2 = (("ational", "ate"), ("tional", "tion"), ("enci", "ence"), ("anci", "ance"),
-          ("izer", "ize"), ("abli", "able"), ("alli", "al"), ("entli", "ent"), ("eli", "e"),
-          ("ousli", "ous"), ("ization", "ize"), ("ation", "ate"), ("ator", "ate"),
-          ("alism", "al"), ("iveness", "ive"), ("fulness", "ful"), ("ousness", "ous"),
-          ("aliti", "al"), ("iviti", "ive"), ("biliti", "ble"))
-_STEP3 = (("icate", "ic"), ("ative", ""), ("alize", "al"), ("iciti", "ic"), ("ical", "ic"),
-          ("ful", ""), ("ness", ""))
-_STEP4 = ("al", "ance", "ence", "er", "ic", "able", "ible", "ant", "ement", "ment", "ent",
-          "ion", "ou", "ism", "ate", "iti", "ous", "ive", "ize")
-
-
-def _replace_longest(w: str, rules, min_m: int) -> str:
-    # Porter: only the LONGEST matching suffix is considered; if its condition fails, no
-    # shorter suffix is tried.
-    best = max((r for r in rules if w.endswith(r[0])), key=lambda r: len(r[0]), default=None)
-    if best is not None and _measure(w[:len(w) - len(best[0])]) > min_m:
-        return w[:len(w) - len(best[0])] + best[1]
-    return w
-
-
-def porter_stem(word: str) -> str:
-    """The original Porter (1980) stemmer, steps 1a–5b. NLTK's default PorterStemmer adds
-    extensions, so a few words stem differently from NLTK (e.g. 'generously')."""
-    w = word.lower()
-    if len(w) <= 2:
-        return w
-    # 1a
-    if w.endswith("sses") or w.endswith("ies"):
-        w = w[:-2]
-    elif w.endswith("s") and not w.endswith("ss"):
-        w = w[:-1]
-    # 1b
-    if w.endswith("eed"):
-        if _measure(w[:-3]) > 0:
-            w = w[:-1]
-    else:
-        for suf in ("ed", "ing"):
-            if w.endswith(suf) and _has_vowel(w[:-len(suf)]):
-                w = w[:-len(suf)]
-                if w.endswith(("at", "bl", "iz")):
-                    w += "e"
-                elif _double_cons(w) and w[-1] not in "lsz":
-                    w = w[:-1]
-                elif _measure(w) == 1 and _cvc(w):
-                    w += "e"
-                break
-    # 1c
-    if w.endswith("y") and _has_vowel(w[:-1]):
-        w = w[:-1] + "i"
-    w = _replace_longest(w, _STEP2, 0)
-    w = _replace_longest(w, _STEP3, 0)
-    # 4 (m > 1; "ion" also needs the stem to end in s or t)
-    suf = max((s for s in _STEP4 if w.endswith(s)), key=len, default=None)
-    if suf is not None:
-        stem = w[:-len(suf)]
-        if _measure(stem) > 1 and (suf != "ion" or stem.endswith(("s", "t"))):
-            w = stem
-    # 5a
-    if w.endswith("e"):
-        m = _measure(w[:-1])
-        if m > 1 or (m == 1 and not _cvc(w[:-1])):
-            w = w[:-1]
-    # 5b
-    if _measure(w) > 1 and _double_cons(w) and w.endswith("l"):
-        w = w[:-1]
-    return w
+            log_sum += math.log(100.0 * correct[n] / total[n])
+    return bp * math.exp(log_sum / order) / 100.0
 
 
 # ---------------------------------------------------------------------------------- METEOR
 
-def _align_stage(hyp: list[tuple[int, str]], ref: list[tuple[int, str]], key):
-    """Greedy one-to-one matching by key(word), scanning both lists from the END (the NLTK
-    order, so the same pairs are chosen when a word repeats). Mutates hyp/ref (removes the
-    matched words) and returns the (hyp_pos, ref_pos) pairs."""
-    pairs = []
+def wordnet_available() -> bool:
+    """True when an installed WordNet copy can be read (METEOR's synonym stage is on)."""
+    return _wordnet() is not None
+
+
+@functools.lru_cache(maxsize=1)
+def _wordnet():
+    try:
+        from nltk.corpus import wordnet
+
+        wordnet.ensure_loaded()
+        return wordnet
+    except (ImportError, LookupError, OSError):
+        return None
+
+
+def _match(hyp: list[tuple[int, str]], ref: list[tuple[int, str]]):
+    """NLTK's `_match_enums`: hypothesis words from the end, each taking the LAST unmatched
+    reference position of the same word. -> (pairs, unmatched hyp, unmatched ref)."""
+    positions: dict[str, list[int]] = defaultdict(list)
+    for j, (_, w) in enumerate(ref):
+        positions[w].append(j)
+    pairs, hi, rj = [], set(), set()
     for i in range(len(hyp) - 1, -1, -1):
-        hk = key(hyp[i][1])
-        for j in range(len(ref) - 1, -1, -1):
-            if key(ref[j][1]) == hk:
-                pairs.append((hyp[i][0], ref[j][0]))
-                del hyp[i], ref[j]
-                break
+        pos = positions.get(hyp[i][1])
+        if pos:
+            j = pos.pop()
+            hi.add(i)
+            rj.add(j)
+            pairs.append((hyp[i][0], ref[j][0]))
+    return (pairs, [p for i, p in enumerate(hyp) if i not in hi],
+            [p for j, p in enumerate(ref) if j not in rj])
+
+
+def _synonym_match(hyp, ref, wordnet):
+    """NLTK's `_enum_wordnetsyn_match`: a hypothesis word (from the end) matches the unmatched
+    reference word with the highest position among its WordNet single-word lemmas."""
+    positions: dict[str, list[int]] = defaultdict(list)
+    for j, (_, w) in enumerate(ref):
+        positions[w].append(j)
+    pairs, hi, rj = [], set(), set()
+    for i in range(len(hyp) - 1, -1, -1):
+        word = hyp[i][1]
+        syns = set(chain.from_iterable(
+            (lemma.name() for lemma in s.lemmas() if lemma.name().find("_") < 0)
+            for s in wordnet.synsets(word))).union({word})
+        best_j, best = -1, None
+        for syn in syns:
+            pos = positions.get(syn)
+            if pos and pos[-1] > best_j:
+                best_j, best = pos[-1], syn
+        if best is not None:
+            positions[best].pop()
+            hi.add(i)
+            rj.add(best_j)
+            pairs.append((hyp[i][0], ref[best_j][0]))
     return pairs
 
 
@@ -225,26 +228,34 @@ def _count_chunks(pairs: list[tuple[int, int]]) -> int:
     return chunks
 
 
-def meteor(candidate: str, reference: str, alpha: float = 0.9, beta: float = 3.0,
-           gamma: float = 0.5) -> float:
-    """METEOR (Lavie & Agarwal 2007 parametrisation, NLTK defaults α=0.9, β=3, γ=0.5).
+_AUTO = object()
 
-    Matching stages: exact (lowercased) then Porter stem. NO WordNet synonym stage: it needs
-    the WordNet corpus download, which this project cannot do offline, so scores are ≤ NLTK's
-    `meteor_score` whenever synonyms would have matched.
+
+def meteor(candidate: str, reference: str, alpha: float = 0.9, beta: float = 3.0,
+           gamma: float = 0.5, wordnet=_AUTO) -> float:
+    """METEOR as NLTK's `meteor_score` (Lavie & Agarwal 2007 parametrisation).
+
       P = m/|c|, R = m/|r|, Fmean = P·R / (α·P + (1−α)·R)
-      penalty = γ · (chunks/m)^β,  METEOR = Fmean · (1 − penalty)   (0 if m = 0)
-    """
+      penalty = γ · (chunks/m)^β,  METEOR = (1 − penalty) · Fmean   (0 if m = 0)
+
+    `wordnet`: a WordNet reader for the synonym stage; default = the installed copy if there is
+    one, else the stage is off (None)."""
     hyp = list(enumerate(word_tokens(candidate)))
     ref = list(enumerate(word_tokens(reference)))
     n_hyp, n_ref = len(hyp), len(ref)
-    pairs = _align_stage(hyp, ref, lambda w: w)
-    pairs += _align_stage(hyp, ref, porter_stem)
+    pairs, hyp, ref = _match(hyp, ref)
+    stem_pairs, hyp, ref = _match([(i, porter_stem(w)) for i, w in hyp],
+                                  [(j, porter_stem(w)) for j, w in ref])
+    pairs += stem_pairs
+    wn = _wordnet() if wordnet is _AUTO else wordnet
+    if wn is not None and hyp and ref:
+        # NLTK matches synonyms among the words left unmatched, in their STEMMED form
+        pairs += _synonym_match(hyp, ref, wn)
     m = len(pairs)
-    if m == 0:
+    if m == 0 or n_hyp == 0 or n_ref == 0:
         return 0.0
-    pairs.sort()
+    pairs.sort(key=lambda p: p[0])
     p, r = m / n_hyp, m / n_ref
-    fmean = p * r / (alpha * p + (1 - alpha) * r)
+    fmean = (p * r) / (alpha * p + (1 - alpha) * r)
     penalty = gamma * (_count_chunks(pairs) / m) ** beta
-    return fmean * (1 - penalty)
+    return (1 - penalty) * fmean
