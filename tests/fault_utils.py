@@ -15,6 +15,9 @@ REPO = Path(__file__).resolve().parents[1]
 WORDS = [f"q{i}" for i in range(16)] + [f"g{i}" for i in range(8)] + [f"b{i}" for i in range(8)]
 VOCAB = {"[PAD]": 0, "[UNK]": 1, "</s>": 2, "<s>": 3, **{w: i + 4 for i, w in enumerate(WORDS)}}
 MAX_POSITIONS = 128
+# Only a hang should fail these tests: on a shared 2-core machine a niced subprocess can be 30x
+# slower than alone (a tiny run then takes minutes), so no test asserts a wall time.
+HANG = 1800.0
 
 # A subprocess sees ONE CPU device (the tests' 8 simulated devices would make mesh=-1,1,1 an
 # 8-way data axis) and XLA's no-optimisation CPU build (train_step.FAST_COMPILE as flags: ~2x
@@ -99,9 +102,15 @@ def start(script: str, args: list[str], **kw) -> subprocess.Popen:
                             **kw)
 
 
-def run(script: str, args: list[str], timeout: float = 300, **kw) -> subprocess.CompletedProcess:
+def run(script: str, args: list[str], timeout: float = HANG,
+        **kw) -> subprocess.CompletedProcess:
     p = start(script, args, **kw)
-    out, err = p.communicate(timeout=timeout)
+    try:
+        out, err = p.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        p.kill()  # leave no orphan behind
+        p.communicate()
+        raise
     return subprocess.CompletedProcess(p.args, p.returncode, out, err)
 
 

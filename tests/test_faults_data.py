@@ -137,8 +137,7 @@ def test_skip_bad_records_is_on_every_command_line(name):
 
 def test_data_and_path_errors_of_an_experiment_are_one_line(tmp_path):
     bad = _write(tmp_path / "bad.jsonl", [json.dumps(GOOD)] * 2 + [b'{"prompt": "\xff"}'])
-    res = run("dpo.py", [f"data={bad}", f"out_dir={tmp_path / 'r1'}"], timeout=120)
+    res = run("dpo.py", [f"data={bad}", f"out_dir={tmp_path / 'r1'}"])
     assert_one_line_error(res, f"error: {bad}, line 3: invalid UTF-8 at column 13")
-    res = run("dpo.py", [f"model={tmp_path / 'nowhere'}", f"out_dir={tmp_path / 'r2'}"],
-              timeout=120)
+    res = run("dpo.py", [f"model={tmp_path / 'nowhere'}", f"out_dir={tmp_path / 'r2'}"])
     assert_one_line_error(res, "error: ", "nowhere")
