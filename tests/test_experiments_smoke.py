@@ -14,23 +14,12 @@ from pathlib import Path
 
 import pytest
 
-from _experiment_files import EXPERIMENTS, REPO, load_module, tiny_args, user_env
+from _experiment_files import EXPERIMENTS, REPO, load_module, tiny_args
 from align_jax import report as run_report
 from align_jax.cli import describe, parse_overrides
 
 RUN_DIR_LINE = re.compile(r"^\[align_jax\] run directory: (.+)$", re.M)
 PNG = b"\x89PNG\r\n\x1a\n"
-
-
-@pytest.fixture(scope="module")
-def env(tmp_path_factory):
-    d = tmp_path_factory.mktemp("smoke")
-    # A persistent XLA cache shared by the runs saves recompiling what the first run compiled;
-    # the programs, and so the results, are the same.
-    return user_env(ALIGN_JAX_CACHE=str(d / "reference_cache"),
-                    JAX_COMPILATION_CACHE_DIR=str(d / "xla_cache"),
-                    JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",
-                    JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES="0")
 
 
 def start(args, env, cwd=REPO, expect=0) -> subprocess.CompletedProcess:
@@ -66,15 +55,15 @@ def check_run(run: Path, Config, args: list[str], steps: int) -> None:
 
 
 @pytest.mark.parametrize("path", EXPERIMENTS, ids=lambda p: p.stem)
-def test_experiment_runs_and_resumes_as_a_user_runs_it(path, env):
+def test_experiment_runs_and_resumes_as_a_user_runs_it(path, run_env):
     Config = load_module(path).Config
     rel = path.relative_to(REPO)
-    out = start([rel, "--help"], env).stdout
+    out = start([rel, "--help"], run_env).stdout
     for key, typ, default, _ in describe(Config()):
         assert f"  {key}: {typ} = {default}" in out
 
     args1 = tiny_args(path, 1)
-    first = start([rel, *args1], env, expect=None)
+    first = start([rel, *args1], run_env, expect=None)
     found = RUN_DIR_LINE.findall(first.stdout)
     assert len(found) == 1, first.stdout[-3000:] + first.stderr[-3000:]
     run = Path(found[0])
@@ -85,7 +74,7 @@ def test_experiment_runs_and_resumes_as_a_user_runs_it(path, env):
         step1 = (run / "metrics.jsonl").read_text().splitlines()[0]
 
         args2 = [*tiny_args(path, 2), f"out_dir={run}"]
-        second = start([rel, *args2], env)
+        second = start([rel, *args2], run_env)
         assert f"[align_jax] resumed from {run / 'checkpoints'} at step 1\n" in second.stdout
         check_run(run, Config, args2, steps=2)
         assert (run / "metrics.jsonl").read_text().splitlines()[0] == step1  # not redone
@@ -95,14 +84,14 @@ def test_experiment_runs_and_resumes_as_a_user_runs_it(path, env):
         shutil.rmtree(run, ignore_errors=True)
 
 
-def test_mistyped_key_is_one_line_naming_the_closest(env):
-    res = start(["experiments/dpo.py", "stpes=3"], env, expect=2)
+def test_mistyped_key_is_one_line_naming_the_closest(run_env):
+    res = start(["experiments/dpo.py", "stpes=3"], run_env, expect=2)
     assert res.stderr == "error: unknown key 'stpes' — did you mean 'steps'?\n"
 
 
-def test_run_from_another_directory_with_a_relative_out_dir(env, tmp_path):
+def test_run_from_another_directory_with_a_relative_out_dir(run_env, tmp_path):
     exp = REPO / "experiments/dpo.py"
-    res = start([exp, *tiny_args(exp, 1), "out_dir=relative/dir"], env, cwd=tmp_path)
+    res = start([exp, *tiny_args(exp, 1), "out_dir=relative/dir"], run_env, cwd=tmp_path)
     run = tmp_path / "relative/dir"
     assert f"[align_jax] run directory: {run}\n" in res.stdout
     assert logged_steps(run) == [1]

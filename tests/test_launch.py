@@ -132,10 +132,10 @@ def test_pod_initialises_distributed_without_arguments(monkeypatch):
     assert calls == [((), {})]  # coordinator, process count and id come from the TPU runtime
 
 
-def test_local_runs_an_experiment_from_the_repo_root(tmp_path):
+def test_local_runs_an_experiment_from_the_repo_root(tmp_path, run_env):
     exp = REPO / "experiments/dpo.py"
     args = ["experiments/dpo.py", *tiny_args(exp, 1), f"out_dir={tmp_path}/run"]
-    env = user_env(PYTHON=sys.executable, ALIGN_JAX_CACHE=str(tmp_path / "cache"))
+    env = dict(run_env, PYTHON=sys.executable)
     assert dry("local", *args, env=env) == [["cd", str(REPO)], [sys.executable, *args]]
     res = launch("local", *args, env=env, cwd=tmp_path)  # relative experiment path: from the root
     assert f"[align_jax] run directory: {tmp_path}/run" in res.stdout

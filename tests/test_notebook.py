@@ -9,17 +9,17 @@ import uuid
 import nbformat
 from nbclient import NotebookClient
 
-from _experiment_files import REPO, tiny_args, user_env
+from _experiment_files import REPO, tiny_args
 
 
-def test_notebook_executes_in_the_checkout(tmp_path, monkeypatch):
+def test_notebook_executes_in_the_checkout(tmp_path, monkeypatch, run_env):
     run_dir = f"runs/_ci_notebook_{uuid.uuid4().hex[:8]}"
     bin_dir, marker = tmp_path / "bin", tmp_path / "pip-was-called"
     bin_dir.mkdir()
     (bin_dir / "pip").write_text(f"#!/bin/sh\ntouch {marker}\nexit 1\n")
     (bin_dir / "pip").chmod(0o755)
-    env = user_env(ALIGN_JAX_NOTEBOOK_RUN_DIR=run_dir, ALIGN_JAX_CACHE=str(tmp_path / "cache"),
-                   ALIGN_JAX_NOTEBOOK_ARGS=" ".join(tiny_args(REPO / "experiments/refalign_safety.py", 1)))
+    env = dict(run_env, ALIGN_JAX_NOTEBOOK_RUN_DIR=run_dir,
+               ALIGN_JAX_NOTEBOOK_ARGS=" ".join(tiny_args(REPO / "experiments/refalign_safety.py", 1)))
     env["PATH"] = f"{bin_dir}{os.pathsep}{env['PATH']}"
     for k in set(os.environ) - set(env):  # the kernel inherits this process's environment
         monkeypatch.delenv(k)
