@@ -73,11 +73,13 @@ class Config:
     lora_targets: tuple[str, ...] = ("wq", "wk", "wv", "wo", "w_gate", "w_up", "w_down")
     k: int = 2
     advantage: str = "mean"
+    harmless_advantage: str = "same"  # same (= advantage) | batch (baseline = batch mean) | none
     adv_clip: float | None = None
     kl_coef: float = 0.05  # KL-to-initial penalty (k3); 0 = RefAlign as published (see README)
     length_c: float | None = None
     steps: int = 30
     prompts_per_step: int = 4
+    balance_by: str | None = None  # "category": every step takes risky and benign prompts in turn
     lr: float = 4e-4
     grad_clip: float = 1.0
     max_new_tokens: int = 48
@@ -162,12 +164,15 @@ def run(cfg: Config, run_dir) -> dict:
     policy, _ = train_online(
         policy, tokenizer, train_set, reward_fn,
         rcfg=ra.RefAlignConfig(k=cfg.k, advantage=cfg.advantage, adv_clip=cfg.adv_clip,
-                               length_c=cfg.length_c, kl_coef=cfg.kl_coef),
+                               length_c=cfg.length_c, kl_coef=cfg.kl_coef,
+                               component_advantage=(() if cfg.harmless_advantage == "same" else
+                                                    (f"harmless:{cfg.harmless_advantage}",))),
         sampling=SamplingConfig(max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature,
                                 top_p=cfg.top_p, prompt_bucket=cfg.prompt_bucket),
         optim=OptimConfig(lr=cfg.lr, grad_clip=cfg.grad_clip),
         loop=LoopConfig(steps=cfg.steps, prompts_per_step=cfg.prompts_per_step, seed=cfg.seed,
-                        save_every=cfg.save_every, kl_every=cfg.kl_every),
+                        save_every=cfg.save_every, kl_every=cfg.kl_every,
+                        balance_by=cfg.balance_by),
         run_dir=run_dir, mesh=mesh)
 
     after = held_out(policy)

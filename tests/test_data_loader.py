@@ -85,3 +85,23 @@ def test_collate_fn_and_defaults_from_jax():
     assert loader.process_count == 1 and isinstance(next(loader), np.ndarray)
     with pytest.raises(ValueError, match="no batch"):
         DataLoader([1, 2], 4, process_index=0, process_count=1)
+
+
+def test_balanced_order_takes_groups_in_turn():
+    from align_jax.data.loader import balanced_order
+
+    groups = ["r"] * 6 + ["b"] * 3  # the smaller group runs out first, the larger continues
+    order = balanced_order(groups, seed=3, epoch=0)
+    assert sorted(order.tolist()) == list(range(9))  # a permutation: nobody lost or repeated
+    labels = [groups[i] for i in order]
+    assert labels == ["r", "b", "r", "b", "r", "b", "r", "r", "r"]
+    assert order.tolist() == balanced_order(groups, seed=3, epoch=0).tolist()  # deterministic
+    assert order.tolist() != balanced_order(groups, seed=3, epoch=1).tolist()  # reshuffled
+    assert [groups[i] for i in balanced_order(groups, 0, 0, shuffle=False)] == labels
+    assert balanced_order(groups, 0, 0, shuffle=False).tolist()[:4] == [0, 6, 1, 7]
+    # the loader: every batch of 2 holds one of each while both groups last
+    loader = DataLoader(list(range(9)), 2, seed=1, groups=groups, drop_last=True)
+    for _ in range(3):
+        assert sorted(groups[i] for i in next(loader)) == ["b", "r"]
+    with pytest.raises(Exception, match="3 labels for 9"):
+        DataLoader(list(range(9)), 2, groups=groups[:3])

@@ -35,6 +35,16 @@ def test_methods_against_loops():
     np.testing.assert_allclose(np.asarray(advantages(jnp.asarray(r), "grpo", eps=1e-6)),
                                (r - mean) / (std + 1e-6), rtol=1e-12)
     np.testing.assert_allclose(np.asarray(advantages(jnp.asarray(r), "none")), r)
+    grand = sum(r[b, i] for b in range(3) for i in range(k)) / (3 * k)
+    np.testing.assert_allclose(np.asarray(advantages(jnp.asarray(r), "batch")), r - grand,
+                               rtol=1e-12)
+    # a prompt whose samples tie gets no signal from "mean" but does from "batch"
+    tied = np.array([[0.0, 0.0], [1.0, 0.0]])
+    np.testing.assert_allclose(np.asarray(advantages(jnp.asarray(tied), "batch")),
+                               [[-0.25, -0.25], [0.75, -0.25]], rtol=1e-12)
+    m = np.array([[True, False], [True, True]])  # masked rows leave the mean and get 0
+    np.testing.assert_allclose(np.asarray(advantages(jnp.asarray(tied), "batch", mask_bk=m)),
+                               [[-1 / 3, 0.0], [2 / 3, -1 / 3]], rtol=1e-12)
     with pytest.raises(ValueError):
         advantages(jnp.asarray(r), "ppo")
 

@@ -19,6 +19,7 @@ import numpy as np
 
 from align_jax.algorithms import refalign as ra
 from align_jax.data.loader import DataLoader
+from align_jax.errors import ConfigError
 from align_jax.sampling.sampler import SamplingConfig
 from align_jax.sharding import place_batch
 from align_jax.sanity import check_config
@@ -51,6 +52,7 @@ class LoopConfig:
     kl_every: int = 1  # measure KL(π_θ‖π_init) every N steps (one extra forward); 0 = never
     progress: bool = True
     max_nonfinite_steps: int = 3  # stop after this many non-finite updates in a row
+    balance_by: str | None = None  # record field (e.g. "category"): batches take its values in turn
 
 
 def as_record(ex) -> dict:
@@ -82,7 +84,11 @@ def train_online(model, tokenizer, examples: Sequence, reward_fn: ra.RewardFn, *
     # The initial policy for the KL measurement / penalty (a copy: the step donates its params).
     kl_penalty = rcfg.kl_coef > 0
     init_params = jax.tree.map(jnp.copy, state.params) if (loop.kl_every or kl_penalty) else None
-    loader = DataLoader(records, loop.prompts_per_step, seed=loop.seed, shuffle=True)
+    groups = [r.get(loop.balance_by) for r in records] if loop.balance_by else None
+    if groups is not None and all(g is None for g in groups):
+        raise ConfigError(f"balance_by={loop.balance_by!r}: no training record has that field")
+    loader = DataLoader(records, loop.prompts_per_step, seed=loop.seed, shuffle=True,
+                        groups=groups)
     session = TrainingSession(run_dir, save_every=loop.save_every, keep=loop.keep_checkpoints,
                               max_nonfinite_steps=loop.max_nonfinite_steps)
     step_fn = make_train_step(objective.make_loss_fn(), opt, bundle, mesh)

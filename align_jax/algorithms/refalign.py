@@ -18,7 +18,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from align_jax.losses.policy_gradient import advantages, length_factor, reinforce_loss
+from align_jax.errors import ConfigError
+from align_jax.losses.policy_gradient import ADVANTAGE_METHODS, advantages, length_factor, reinforce_loss
 from align_jax.rewards.similarity import strip_for_scoring
 from align_jax.sampling.sampler import SampleOutput, SamplingConfig, sample_texts
 from align_jax.train.logprobs import token_logps
@@ -34,6 +35,10 @@ class RefAlignConfig:
     updates_per_rollout: int = 1
     kl_coef: float = 0.0  # KL-to-initial penalty; off as in RefAlign (it is still MEASURED)
     chunk_size: int | None = None  # log-prob chunking over the sequence (big vocabularies)
+    # per-component advantage method, "component:method" (e.g. "harmless:none"); others use
+    # `advantage`. Why: with the mean-of-K baseline a prompt whose K samples all refuse gives no
+    # signal, so "refuse everything" is never pushed back on benign prompts once it is learnt.
+    component_advantage: tuple[str, ...] = ()
 
 
 # A reward function maps (prompts, responses, records) of the R = P·K rows to named components
@@ -106,14 +111,28 @@ def combine_rewards(*fns: RewardFn) -> RewardFn:
     return fn
 
 
+def component_advantage_methods(specs: Sequence[str]) -> dict[str, str]:
+    """("harmless:none", …) -> {"harmless": "none"}; a malformed entry is a ConfigError."""
+    out = {}
+    for spec in specs:
+        name, sep, method = str(spec).partition(":")
+        if not sep or method not in ADVANTAGE_METHODS:
+            raise ConfigError(f"component_advantage entry {spec!r}: expected COMPONENT:METHOD "
+                              f"with METHOD one of {list(ADVANTAGE_METHODS)}")
+        out[name] = method
+    return out
+
+
 def compute_advantages(components: Mapping[str, tuple[np.ndarray, float]], k: int,
                        cfg: RefAlignConfig) -> tuple[np.ndarray, dict[str, float]]:
     """Σ_c w_c · adv(R_c) per row, each component's advantage over its prompt's K samples."""
     total = None
     stats: dict[str, float] = {}
+    methods = component_advantage_methods(cfg.component_advantage)
     for name, (scores, w) in components.items():
         r_pk = jnp.asarray(scores, jnp.float32).reshape(-1, k)
-        a = np.asarray(advantages(r_pk, cfg.advantage, cfg.adv_clip)).reshape(-1)
+        method = methods.get(name, cfg.advantage)
+        a = np.asarray(advantages(r_pk, method, cfg.adv_clip)).reshape(-1)
         total = w * a if total is None else total + w * a
         stats[f"reward/{name}"] = float(np.mean(scores))
         stats[f"reward/{name}_std"] = float(np.std(scores))

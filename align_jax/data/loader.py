@@ -29,6 +29,23 @@ def epoch_permutation(num_examples: int, seed: int, epoch: int) -> np.ndarray:
     )
 
 
+def balanced_order(groups: Sequence, seed: int, epoch: int, shuffle: bool = True) -> np.ndarray:
+    """One epoch's visiting order that takes the groups in turn: g1, g2, g1, g2, … (each group in
+    its own shuffled order); when a group runs out the others continue. So every batch of size
+    ≥ #groups holds each group until the smallest is used up, instead of whatever a plain shuffle
+    happens to put together (e.g. RefAlign safety: a risky AND a benign prompt in every step, so
+    each update sees both the reward for refusing and the penalty for over-refusing)."""
+    labels = list(dict.fromkeys(groups))  # first-seen order: deterministic, no sorting of types
+    members = [np.array([i for i, g in enumerate(groups) if g == lab]) for lab in labels]
+    if shuffle:
+        members = [m[epoch_permutation(len(m), seed + 7919 * j, epoch)]
+                   for j, m in enumerate(members)]
+    out = []
+    for pos in range(max(len(m) for m in members)):
+        out.extend(int(m[pos]) for m in members if pos < len(m))
+    return np.array(out, np.int64)
+
+
 def _default_process() -> tuple[int, int]:
     import jax  # lazy: data code must stay importable (and cheap) without touching devices
 
@@ -44,6 +61,8 @@ class DataLoader:
       drop_last: drop the final partial batch of an epoch (fixed shapes for jit). If False the
         partial batch is yielded (split as evenly as possible across hosts).
       num_epochs: stop after this many epochs; None = repeat forever.
+      groups: one label per example; if given, each epoch takes the groups in turn
+        (:func:`balanced_order`) so batches mix them evenly.
       process_index / process_count: default ``jax.process_index()`` / ``jax.process_count()``.
     """
 
@@ -59,6 +78,7 @@ class DataLoader:
         collate_fn: Callable[[list], Any] | None = None,
         process_index: int | None = None,
         process_count: int | None = None,
+        groups: Sequence | None = None,
     ):
         if process_index is None or process_count is None:
             pi, pc = _default_process()
@@ -75,7 +95,10 @@ class DataLoader:
         if drop_last and len(examples) < batch_size:
             raise ConfigError(f"drop_last=True with {len(examples)} examples < batch_size="
                              f"{batch_size} would yield no batch at all")
+        if groups is not None and len(groups) != len(examples):
+            raise ConfigError(f"groups has {len(groups)} labels for {len(examples)} examples")
         self.examples = examples
+        self.groups = None if groups is None else list(groups)
         self.batch_size = batch_size
         self.seed = seed
         self.shuffle = shuffle
@@ -105,7 +128,10 @@ class DataLoader:
     def _order(self, epoch: int) -> np.ndarray:
         if self._perm_epoch != epoch:
             n = len(self.examples)
-            self._perm = epoch_permutation(n, self.seed, epoch) if self.shuffle else np.arange(n)
+            if self.groups is not None:
+                self._perm = balanced_order(self.groups, self.seed, epoch, self.shuffle)
+            else:
+                self._perm = epoch_permutation(n, self.seed, epoch) if self.shuffle else np.arange(n)
             self._perm_epoch = epoch
         return self._perm
 

@@ -12,7 +12,7 @@ import jax.numpy as jnp
 
 Array = jax.Array
 
-ADVANTAGE_METHODS = ("mean", "rloo", "grpo", "none")
+ADVANTAGE_METHODS = ("mean", "rloo", "grpo", "none", "batch")
 
 
 def advantages(
@@ -28,6 +28,9 @@ def advantages(
     * ``rloo`` – R_k − mean_{j≠k} R_j (leave-one-out) = K/(K−1)·(R_k − mean); 0 when K=1.
     * ``grpo`` – (R_k − mean) / (std + eps), std with Bessel's correction as in TRL's GRPO.
     * ``none`` – R_k.
+    * ``batch`` – R_k − mean of ALL rows of the batch (every prompt's samples): unlike ``mean``,
+      a prompt whose K samples score alike still gets a signal relative to the other prompts
+      (REINFORCE++-style global baseline); unlike ``none``, advantages still sum to zero.
     ``clip`` clips the result to [−clip, clip] (RefAlign's ε). ``mask_bk`` (optional) marks real
     samples for a variable K; masked entries get advantage 0 and are excluded from the statistics.
     """
@@ -41,6 +44,8 @@ def advantages(
     centred = r - mean
     if method == "none":
         a = r
+    elif method == "batch":
+        a = r - (r * mf).sum() / jnp.maximum(mf.sum(), 1.0)
     elif method == "mean":
         a = centred
     elif method == "rloo":
