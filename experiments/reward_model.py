@@ -40,6 +40,7 @@ from align_jax.algorithms.preference import (ExperimentConfig, load_policy,  # n
 from align_jax.algorithms.reward_model import (RewardPairData, add_score_head,  # noqa: E402
                                                make_rm_loss_fn)
 from align_jax.cli import config_dict, parse_overrides, run_main  # noqa: E402
+from align_jax.data import load_report  # noqa: E402
 from align_jax.losses import RewardLossConfig  # noqa: E402
 from align_jax.models.score_head import save_scored_decoder  # noqa: E402
 from align_jax.sanity import check_config  # noqa: E402
@@ -50,9 +51,9 @@ from align_jax.train import report  # noqa: E402
 class Config(ExperimentConfig):
     center_rewards_coefficient: float | None = None  # TRL's c; e.g. 0.01 (arXiv 2312.09244)
     eval_examples: int | None = None  # every held-out pair (28 bundled)
-    steps: int = 16
-    lr: float = 3e-5
-    warmup_steps: int = 2
+    steps: int = 16  # optimizer updates
+    lr: float = 3e-5  # peak learning rate (the head starts random: higher than DPO's)
+    warmup_steps: int = 2  # linear warm-up updates
     export: bool = True  # the HF sequence-classification dir in <run>/export
 
 
@@ -78,6 +79,9 @@ def main(argv: list[str]) -> dict:
     max_len = cfg.max_prompt_len + cfg.max_completion_len
     train_d = RewardPairData(train, tok, max_len, cfg.pad_multiple)
     eval_d = RewardPairData(evals, tok, max_len, cfg.pad_multiple) if evals else None
+    for role, d in (("train", train_d), ("eval", eval_d)):
+        if d is not None:  # truncated texts are counted in data_report.json, never silent
+            load_report.note_truncation(role, d.truncation)
     if eval_d is not None:
         length = max(train_d.length, eval_d.length)
         train_d.length = eval_d.length = length

@@ -192,3 +192,32 @@ def test_experiment_trains_and_export_round_trips(tmp_path):
                                atol=1e-4)
     np.testing.assert_allclose(load_reward_model(export)(PROMPTS, RESPONSES), want[:, 0],
                                atol=1e-4)
+
+
+def test_lora_head_trains_with_adapters_and_export_merges(tmp_path):
+    """With LoRA the score head is trainable beside the adapters (base frozen), and the export
+    folds the adapters in: transformers scores the export as our adapted model does."""
+    from flax import nnx
+
+    from align_jax.algorithms.reward_model import add_score_head
+    from align_jax.models import load_causal_lm
+    from align_jax.models.score_head import save_scored_decoder
+    from align_jax.train.state import split_model
+
+    torch.manual_seed(0)
+    transformers.LlamaForCausalLM(transformers.LlamaConfig(**TINY)).save_pretrained(tmp_path / "p")
+    _tokenizer().save_pretrained(tmp_path / "p")
+    policy, tok = load_causal_lm(tmp_path / "p", lora_rank=4)
+    model = add_score_head(policy, tok)
+    _, params = split_model(model)
+    names = {".".join(map(str, p)) for p, _ in nnx.to_flat_state(params)}
+    assert "score" in names and all("lora_" in n or n == "score" for n in names)
+    for name, var in vars(model.backbone.layers).items():  # B away from its zero init
+        if name.startswith("lora_b_"):
+            var.set_value(var.get_value() + 0.05)
+    ids = np.array([[4, 9, 11, 7, 0, 0], [5, 6, 8, 10, 12, 13]], np.int32)
+    mask = (ids != 0).astype(np.int32)
+    ours = np.asarray(model(jnp.asarray(ids), jnp.asarray(mask)))
+    out = save_scored_decoder(model, tmp_path / "export")
+    hf = transformers.AutoModelForSequenceClassification.from_pretrained(out).eval()
+    np.testing.assert_allclose(_hf_scores(hf, ids, mask), ours, atol=1e-4)

@@ -112,7 +112,8 @@ def test_matches_trl_grpo_trainer(case):
     logps, old, ref, adv, mask = _data(hash(case) % 100, token_adv)
     num_items = trl_kw.get("num_items")
     want, want_grad, trl_metrics = _trl(trl_type, logps, old, ref, adv, mask, **trl_kw)
-    got, got_grad, metrics = _ours(ours_name, logps, old, ref, adv, mask, num_items=num_items, **cfg)
+    got, got_grad, metrics = _ours(ours_name, logps, old, ref, adv, mask, num_items=num_items,
+                                   **cfg)
     assert abs(got - want) <= TOL * max(1.0, abs(want)), (got, want)
     np.testing.assert_allclose(got_grad, want_grad, atol=TOL)
     if trl_type != "dapo" or num_items is None:  # clip fractions are token means over the batch

@@ -38,10 +38,14 @@ class RewardPairData:
             raise ValueError("no preference pairs")
         self.examples = list(examples)
         prompts = [e.prompt for e in self.examples]
-        self.chosen = encode_pairs(tokenizer, prompts, [e.chosen for e in self.examples],
-                                   max_length)
-        self.rejected = encode_pairs(tokenizer, prompts, [e.rejected for e in self.examples],
-                                     max_length)
+        full = [encode_pairs(tokenizer, prompts, [getattr(e, side) for e in self.examples])
+                for side in ("chosen", "rejected")]
+        # texts keep their LAST max_length tokens (the scorer's rule): counted for the data report
+        self.truncation = {"prompts": 2 * len(self.examples), "max_prompt_len": max_length,
+                           "prompts_truncated": sum(len(x) > max_length for f in full for x in f),
+                           "responses": 2 * len(self.examples), "responses_truncated": 0,
+                           "max_response_len": max_length}
+        self.chosen, self.rejected = ([x[-max_length:] for x in f] for f in full)
         self.pad_id = pad_id_of(tokenizer)
         longest = max(len(s) for s in self.chosen + self.rejected)
         self.length = length or round_up(longest, pad_multiple)

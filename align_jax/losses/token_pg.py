@@ -93,7 +93,8 @@ def discounted_returns(rewards_bt: Array, mask_bt: Array, gamma: float = 1.0) ->
 
 
 @register_loss("reward_to_go", "advantage")
-def reward_to_go(inp: TokenRewards, cfg: AdvantageConfig = AdvantageConfig()) -> tuple[Array, Metrics]:
+def reward_to_go(inp: TokenRewards,
+                 cfg: AdvantageConfig = AdvantageConfig()) -> tuple[Array, Metrics]:
     """Per-token advantages: the discounted reward-to-go G_t (no critic: REINFORCE / GRPO with
     dense rewards), optionally whitened over the batch. Gradient stopped."""
     g = discounted_returns(jax.lax.stop_gradient(inp.rewards), inp.mask, cfg.gamma)
@@ -131,7 +132,8 @@ class TokenPGConfig:
 
 def _surrogate(inp: TokenPGInputs, cfg: TokenPGConfig, level: str):
     """Per-token loss [B, T] (or [B, 1] broadcast) and metrics before normalisation, following
-    TRL 1.16 GRPOTrainer._compute_loss (trl/trainer/grpo_trainer.py:3077-3148)."""
+    TRL 1.16 GRPOTrainer._compute_loss (trl/trainer/grpo_trainer.py:3083-3150; the
+    normalisations per loss type are lines 3153-3174)."""
     if level not in ("token", "sequence"):
         raise ValueError(f"importance_sampling_level must be 'token' or 'sequence', got {level!r}")
     logps = inp.logps
@@ -225,7 +227,8 @@ def dapo_loss(inp: TokenPGInputs, cfg: TokenPGConfig = TokenPGConfig()) -> tuple
 
 
 @register_loss("ppo", "policy_gradient")
-def ppo_clip_loss(inp: TokenPGInputs, cfg: TokenPGConfig = TokenPGConfig()) -> tuple[Array, Metrics]:
+def ppo_clip_loss(inp: TokenPGInputs,
+                  cfg: TokenPGConfig = TokenPGConfig()) -> tuple[Array, Metrics]:
     """PPO-clip (critic-free): mean over the batch's tokens of max(−A_t·ρ_t, −A_t·clip(ρ_t,
     1−ε, 1+ε_high)) with per-token advantages (e.g. ``reward_to_go``), TRL PPOTrainer's policy
     loss. Several epochs over one batch of samples = call it again with the same ``old_logps``."""

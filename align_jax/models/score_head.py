@@ -1,5 +1,5 @@
 """Decoder + linear score head = HF's ``…ForSequenceClassification`` for every decoder family
-(Llama, Mistral, Qwen2/3, Gemma 2/3, Phi-3 all share transformers' GenericForSequenceClassification):
+(Llama, Mistral, Qwen2/3, Gemma 2/3, Phi-3: all transformers' GenericForSequenceClassification):
 ``score`` is a bias-free Linear [hidden → num_labels] applied to the final-norm hidden state of the
 LAST NON-PADDING token.
 
