@@ -22,7 +22,9 @@ updates of 4 pairs. Reported: held-out pairwise accuracy (rewards/accuracies) an
 after. Outputs in runs/reward_model-<timestamp>/ (or out_dir=; re-using it resumes): config.json,
 metrics.jsonl, checkpoints/, curves.png, eval_before/after.json, summary.md, and export/: a HF
 ``LlamaForSequenceClassification`` dir (safetensors + config + tokenizer) that transformers loads
-and ``align_jax.rewards.load_reward_model`` scores with.
+and ``align_jax.rewards.load_reward_model`` scores with. The shared preference config's
+reference knobs (reference, cache_dir, ref_batch_size, chunk_size) do not apply: there is no
+reference model and no LM head here.
 """
 
 from __future__ import annotations
