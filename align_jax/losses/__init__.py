@@ -25,6 +25,19 @@ from .preference import (
     shared_tail_logps,
     wpo_log_weights,
 )
+from .reward_model import RewardLossConfig, RewardPair, bradley_terry_loss
+from .token_pg import (
+    TOKEN_PG_LOSSES,
+    AdvantageConfig,
+    TokenPGConfig,
+    TokenPGInputs,
+    TokenRewards,
+    discounted_returns,
+    kl_penalty_rewards,
+    masked_whiten,
+    place_rewards,
+    reward_to_go,
+)
 from .registry import FAMILIES, get_loss, list_losses, loss_family, register_loss
 from .rpo import RPOConfig, RPOInputs, rpo_diagonal_loss, rpo_loss, rpo_paired_loss, rpo_unpaired_loss
 
@@ -36,4 +49,8 @@ __all__ = [
     "log_sum_sq_probs", "loss_family", "opo_loss", "plackett_luce_loss", "preference_loss",
     "pro_loss", "register_loss", "reinforce_loss", "rpo_diagonal_loss", "rpo_loss",
     "rpo_paired_loss", "rpo_unpaired_loss", "shared_tail_logps", "unpaired_loss", "wpo_log_weights",
+    # token-level policy gradients (token_pg.py) and reward-model losses (reward_model.py)
+    "TOKEN_PG_LOSSES", "AdvantageConfig", "TokenPGConfig", "TokenPGInputs", "TokenRewards",
+    "discounted_returns", "kl_penalty_rewards", "masked_whiten", "place_rewards", "reward_to_go",
+    "RewardLossConfig", "RewardPair", "bradley_terry_loss",
 ]

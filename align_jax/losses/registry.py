@@ -6,6 +6,9 @@ Every family has ONE call signature (see the family's module):
 * ``"unpaired"`` – ``fn(inp: UnpairedLogps, cfg: KTOConfig) -> (losses_b, metrics)``  (kto.py)
 * ``"rpo"``      – ``fn(inp: RPOInputs, cfg: RPOConfig) -> (loss, metrics)``          (rpo.py)
 * ``"listwise"`` – ``fn(inp: ListLogps, cfg: ListwiseConfig) -> (losses_b, metrics)`` (listwise.py)
+* ``"policy_gradient"`` – ``fn(inp: TokenPGInputs, cfg: TokenPGConfig) -> (loss, metrics)`` (token_pg.py)
+* ``"advantage"`` – ``fn(inp: TokenRewards, cfg: AdvantageConfig) -> (adv_bt, metrics)`` (token_pg.py)
+* ``"reward_model"`` – ``fn(inp: RewardPair, cfg: RewardLossConfig) -> (loss, metrics)`` (reward_model.py)
 
 Registration happens at import time of those modules; ``align_jax.losses`` imports all of them, so
 ``from align_jax.losses import get_loss`` sees every built-in loss.
@@ -14,7 +17,7 @@ from __future__ import annotations
 
 from typing import Callable
 
-FAMILIES = ("pair", "unpaired", "rpo", "listwise")
+FAMILIES = ("pair", "unpaired", "rpo", "listwise", "policy_gradient", "advantage", "reward_model")
 
 # name -> (family, fn). Names are global across families so a bare name is unambiguous.
 _REGISTRY: dict[str, tuple[str, Callable]] = {}

@@ -1,0 +1,162 @@
+"""Reward models as scorers: ``rm = load_reward_model(path_or_id)``; ``rm(prompts, responses)``
+-> float32 scores [N], one per (prompt, response) pair.
+
+Decoder RMs (HF ``Llama/Mistral/Qwen2/…ForSequenceClassification``) run on our JAX decoder with a
+score head on the last non-padding token (``models.score_head``); encoder RMs
+(``Bert/RobertaForSequenceClassification``) on our encoder (``rewards.classifier``).
+
+Text: the tokenizer's chat template over [user = prompt, assistant = response] when the tokenizer
+has one, else ``prompt + response`` with no separator (plus the tokenizer's own special tokens, as
+a transformers pipeline adds them). Sequences longer than ``max_length`` keep their LAST tokens:
+the score is read at the end, so the end of the response must survive truncation.
+
+Batching: pairs are sorted by token length and cut into batches of ``batch_size`` rows padded to
+a power-of-two length (≥ 16), so a large input compiles a handful of shapes and pads little;
+scores come back in input order. Right padding with the model's pad id. With a ``mesh`` the
+weights are placed by the rules table (as the policy's) and each batch is sharded on
+(data, fsdp); ``batch_size`` is rounded up to a multiple of that.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Sequence
+
+import jax
+import numpy as np
+from flax import nnx
+
+DECODER_TYPES = ("llama", "mistral", "qwen2", "qwen3", "gemma2", "gemma3_text", "phi3")
+
+
+def render_pairs(tokenizer, prompts: Sequence[str], responses: Sequence[str]) -> list[str]:
+    if len(prompts) != len(responses):
+        raise ValueError(f"{len(prompts)} prompts but {len(responses)} responses")
+    if getattr(tokenizer, "chat_template", None):
+        return [tokenizer.apply_chat_template([{"role": "user", "content": p},
+                                               {"role": "assistant", "content": r}], tokenize=False)
+                for p, r in zip(prompts, responses)]
+    return [p + r for p, r in zip(prompts, responses)]
+
+
+def encode_pairs(tokenizer, prompts: Sequence[str], responses: Sequence[str],
+                 max_length: int | None = None) -> list[list[int]]:
+    """Token ids of each pair's text (see module docstring), keeping the last ``max_length``."""
+    texts = render_pairs(tokenizer, prompts, responses)
+    if not texts:
+        return []
+    templated = bool(getattr(tokenizer, "chat_template", None))  # the template holds its specials
+    ids = tokenizer(texts, add_special_tokens=not templated)["input_ids"]
+    return [list(map(int, x[-max_length:] if max_length else x)) for x in ids]
+
+
+def bucket_length(n: int, minimum: int = 16) -> int:
+    return max(minimum, 1 << max(0, n - 1).bit_length())
+
+
+def pad_rows(seqs: Sequence[Sequence[int]], length: int, pad_id: int, rows: int | None = None):
+    """Right-padded (ids, mask) int32 [rows, length]; rows beyond ``len(seqs)`` are one-token
+    dummies (fixed batch shape), whose scores the caller drops."""
+    rows = rows or len(seqs)
+    ids = np.full((rows, length), pad_id, np.int32)
+    mask = np.zeros((rows, length), np.int32)
+    for r, s in enumerate(seqs):
+        ids[r, :len(s)], mask[r, :len(s)] = s, 1
+    mask[len(seqs):, 0] = 1
+    return ids, mask
+
+
+class DecoderRewardModel:
+    """Callable scorer around a :class:`~align_jax.models.score_head.ScoredDecoder`."""
+
+    def __init__(self, model, tokenizer, *, batch_size: int = 16, max_length: int = 1024,
+                 mesh=None, progress: bool = True):
+        from align_jax.data.tokenize import pad_id_of
+
+        self.model, self.tokenizer, self.mesh, self.progress = model, tokenizer, mesh, progress
+        shards = 1 if mesh is None else int(mesh.shape["data"] * mesh.shape["fsdp"])
+        self.batch_size = -(-batch_size // shards) * shards
+        self.max_length = max_length
+        self.pad_id = model.pad_token_id if model.pad_token_id is not None else pad_id_of(tokenizer)
+        graphdef, state = nnx.split(model)
+        self._state = state
+
+        @jax.jit
+        def scores(state, ids, mask):
+            from align_jax.sharding import use_mesh
+
+            with use_mesh(mesh):
+                return nnx.merge(graphdef, state)(ids, mask)
+
+        self._scores = scores
+
+    def score_ids(self, seqs: Sequence[Sequence[int]]) -> np.ndarray:
+        """float32 [N, num_labels] for token-id sequences (already rendered/truncated)."""
+        from align_jax.sharding import place_batch
+
+        order = np.argsort([len(s) for s in seqs], kind="stable")
+        out = np.zeros((len(seqs), self.model.num_labels), np.float32)
+        starts = range(0, len(seqs), self.batch_size)
+        bar = None
+        if self.progress and len(starts) > 4 and jax.process_index() == 0:
+            from tqdm.auto import tqdm
+
+            bar = tqdm(total=len(seqs), desc="reward model", unit="pair", dynamic_ncols=True)
+        for s in starts:
+            idx = order[s:s + self.batch_size]
+            chunk = [seqs[i] for i in idx]
+            ids, mask = pad_rows(chunk, bucket_length(max(len(x) for x in chunk)), self.pad_id,
+                                 self.batch_size)
+            b = place_batch({"ids": ids, "mask": mask}, self.mesh)
+            out[idx] = np.asarray(self._scores(self._state, b["ids"], b["mask"]))[:len(idx)]
+            if bar is not None:
+                bar.update(len(idx))
+        if bar is not None:
+            bar.close()
+        return out
+
+    def __call__(self, prompts: Sequence[str], responses: Sequence[str]) -> np.ndarray:
+        s = self.score_ids(encode_pairs(self.tokenizer, prompts, responses, self.max_length))
+        return s[:, 0] if s.shape[1] == 1 else s
+
+
+class EncoderRewardModel:
+    """The same call on an encoder sequence classifier (``rewards.classifier``)."""
+
+    def __init__(self, classifier):
+        self.classifier = classifier
+        self.tokenizer = classifier.tokenizer
+
+    def __call__(self, prompts: Sequence[str], responses: Sequence[str]) -> np.ndarray:
+        s = self.classifier(render_pairs(self.tokenizer, prompts, responses))
+        return s[:, 0] if s.shape[1] == 1 else s
+
+
+def load_reward_model(path_or_id: str | os.PathLike, dtype: str = "float32", mesh=None, *,
+                      batch_size: int = 16, max_length: int = 1024, progress: bool = True):
+    """A HF ``…ForSequenceClassification`` checkpoint (local dir, or hub id from the local HF
+    cache: nothing is downloaded) as a scorer ``rm(prompts, responses) -> np.ndarray``: float32
+    [N] (or [N, num_labels] for a multi-label head)."""
+    from align_jax.models.resolve import resolve_policy
+
+    src = resolve_policy(path_or_id)
+    if src.suffix == ".gguf":
+        raise ValueError(f"{src}: a GGUF file holds a causal LM, not a reward model")
+    hf = json.loads((Path(src) / "config.json").read_text())
+    if hf.get("model_type") in DECODER_TYPES:
+        from align_jax.models.score_head import load_scored_decoder
+        from align_jax.models.tokenizer import load_hf_tokenizer
+
+        arch = (hf.get("architectures") or [""])[0]
+        if not arch.endswith("ForSequenceClassification"):
+            raise ValueError(f"{src}/config.json: architectures={arch!r} is not a "
+                             "…ForSequenceClassification reward model")
+        model = load_scored_decoder(src, mesh=mesh, dtype=dtype, param_dtype=dtype)
+        tok = load_hf_tokenizer(src, required=True)
+        return DecoderRewardModel(model, tok, batch_size=batch_size, max_length=max_length,
+                                  mesh=mesh, progress=progress)
+    from align_jax.rewards.classifier import load_sequence_classifier
+
+    return EncoderRewardModel(load_sequence_classifier(src, batch_size=batch_size))

@@ -1,0 +1,138 @@
+"""Reward-model scoring throughput: our jitted JAX scorer vs transformers'
+LlamaForSequenceClassification (PyTorch CPU) on the same weights and the same batches.
+
+    python bench/rm_score.py [--pairs 256] [--batch-size 16] [--repeats 3] [--model DIR]
+    python bench/rm_score.py --tiny          # a seconds-long check that the script works
+
+Weights: --model (a HF …ForSequenceClassification dir with tokenizer), else SmolLM2-135M (the
+bundled GGUF's decoder) under a random score head, exported once to a temp dir so both sides load
+identical files. Pairs: the bundled preference prompts with their chosen/rejected responses,
+repeated to --pairs. Both sides get the SAME token batches (ours: `score_ids` sorts by length
+into buckets of --batch-size rows; PyTorch gets those same row groups, right-padded to each
+group's longest), so the ratio measures the model, not the batching. Loading is excluded;
+ours: first call (compiles) reported apart, steady state = median of --repeats calls; PyTorch:
+one warm-up call, then the median of --repeats. Tokenisation is excluded on both sides.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import tempfile
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from anywhere
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+
+from _timing import time_calls  # noqa: E402
+
+
+def _weights(args, tmp: Path) -> Path:
+    """A sequence-classification dir: --model, a tiny random Llama (--tiny), or SmolLM2-135M."""
+    if args.model:
+        return Path(args.model)
+    from flax import nnx
+
+    from align_jax.algorithms.reward_model import add_score_head
+    from align_jax.models import load_causal_lm
+    from align_jax.models.score_head import save_scored_decoder
+
+    if args.tiny:
+        import transformers
+
+        from align_jax.models.gguf_io import gguf_metadata, open_gguf
+        from align_jax.models.resolve import default_policy_path
+        from align_jax.models.tokenizer import tokenizer_from_gguf_metadata
+
+        base = tmp / "tiny_base"
+        transformers.LlamaForCausalLM(transformers.LlamaConfig(
+            vocab_size=49152, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+            num_attention_heads=4, num_key_value_heads=2)).save_pretrained(base)
+        # the bundled tokenizer alone (vocab 49152), without dequantising the GGUF's weights
+        tokenizer_from_gguf_metadata(gguf_metadata(open_gguf(default_policy_path()))
+                                     ).save_pretrained(str(base))
+        policy, tok = load_causal_lm(base)
+    else:
+        policy, tok = load_causal_lm(None)
+    rm = add_score_head(policy, tok, seed=0)
+    rm.score.set_value(nnx.initializers.normal(1.0)(nnx.Rngs(1).params(), rm.score.shape))
+    out = save_scored_decoder(rm, tmp / "rm")
+    tok.save_pretrained(str(out))
+    return out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--pairs", type=int, default=256)
+    ap.add_argument("--batch-size", type=int, default=16)
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--model", default=None, help="HF …ForSequenceClassification dir")
+    ap.add_argument("--tiny", action="store_true", help="tiny random model, 16 pairs: a check")
+    args = ap.parse_args()
+    if args.tiny:
+        args.pairs, args.repeats = min(args.pairs, 16), 1
+
+    import statistics
+
+    import jax
+    import numpy as np
+    import torch
+    import transformers
+
+    from align_jax.data import load_bundled
+    from align_jax.rewards.reward_model import bucket_length, encode_pairs, load_reward_model
+
+    pairs = load_bundled("preference", split="train")
+    prompts = [p.prompt for p in pairs for _ in (0, 1)]
+    responses = [r for p in pairs for r in (p.chosen, p.rejected)]
+    reps = -(-args.pairs // len(prompts))
+    prompts, responses = (prompts * reps)[:args.pairs], (responses * reps)[:args.pairs]
+
+    with tempfile.TemporaryDirectory() as tmp:
+        src = _weights(args, Path(tmp))
+        ours = load_reward_model(src, batch_size=args.batch_size, progress=False)
+        hf = transformers.AutoModelForSequenceClassification.from_pretrained(
+            src, dtype=torch.float32).eval()
+        seqs = encode_pairs(ours.tokenizer, prompts, responses, ours.max_length)
+
+    order = np.argsort([len(s) for s in seqs], kind="stable")
+    groups = [[seqs[i] for i in order[s:s + args.batch_size]]
+              for s in range(0, len(seqs), args.batch_size)]
+    pad = ours.pad_id
+
+    def torch_scores():
+        out = []
+        with torch.inference_mode():
+            for g in groups:
+                T = max(len(x) for x in g)
+                ids = torch.full((len(g), T), pad, dtype=torch.long)
+                mask = torch.zeros((len(g), T), dtype=torch.long)
+                for r, x in enumerate(g):
+                    ids[r, :len(x)], mask[r, :len(x)] = torch.tensor(x), 1
+                out.append(hf(input_ids=ids, attention_mask=mask).logits[:, 0])
+        return torch.cat(out).numpy()
+
+    first_t = time_calls(lambda: ours.score_ids(seqs), 1)[0]
+    ours_s = statistics.median(time_calls(lambda: ours.score_ids(seqs), args.repeats))
+    theirs_scores = torch_scores()  # warm-up
+    theirs_s = statistics.median(time_calls(torch_scores, args.repeats))
+    diff = np.abs(ours.score_ids(seqs)[order, 0] - theirs_scores).max()
+
+    n = len(seqs)
+    buckets = sorted({bucket_length(len(g[-1])) for g in groups})
+    name = Path(src).name if args.model else "tiny llama" if args.tiny else "SmolLM2-135M"
+    print(f"reward model {name}, {n} pairs, batch {args.batch_size}, length buckets {buckets}; "
+          f"jax {jax.__version__} on {jax.devices()[0].platform}, torch {torch.__version__} "
+          f"({torch.get_num_threads()} threads), {os.cpu_count()} CPUs, "
+          f"load avg {os.getloadavg()[0]:.1f}")
+    print(f"{'implementation':<34}{'1st call s':>11}{'steady s':>10}{'pairs/s':>10}")
+    print(f"{'align_jax (jit, JAX)':<34}{first_t:>11.2f}{ours_s:>10.3f}{n / ours_s:>10.1f}")
+    print(f"{'transformers SeqCls (PyTorch)':<34}{'-':>11}{theirs_s:>10.3f}{n / theirs_s:>10.1f}")
+    print(f"speed ratio (ours / transformers): {theirs_s / ours_s:.2f}x; "
+          f"max |Δscore| = {diff:.2e}")
+
+
+if __name__ == "__main__":
+    main()
