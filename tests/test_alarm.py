@@ -7,8 +7,8 @@ import pytest
 from align_jax.errors import ConfigError, DataError
 from align_jax.rewards.alarm import (
     HOLISTIC_STATS_FILE, PRESETS, AlarmConfig, HolisticStats, alarm_rewards,
-    char_to_token_positions, pack_aspect, place_aspect, preset, sequence_aspect, sigmoid_shape,
-    token_aspect, token_char_ends)
+    char_to_token_positions, pack_aspect, place_aspect, preset, sentence_aspect, sequence_aspect,
+    sigmoid_shape, token_aspect, token_char_ends)
 from align_jax.rewards.aspects import (
     count_syllables, distinct_n, flesch_kincaid_grade, length_scorer, make_aspect_scorer, negated,
     per_sentence_scores, readability_scorer, references_from_records, repetition_scorer,
@@ -129,6 +129,20 @@ def test_placement_at_sentence_ends():
     mask = np.array([[0, 0, 1, 1, 1, 1, 1, 1, 1, 0]])
     r = place_aspect(pack_aspect([scores], [pos]), mask, shaped=False)
     np.testing.assert_allclose(r, [[0, 0, 0, 0, 9.0, 0, 0, 8.0, 0, 0]])
+
+
+def test_sentence_aspect_scores_every_sentence_in_one_call():
+    seen = []
+
+    def scorer(prompts, sentences):  # any aspect scorer; here: characters per sentence
+        seen.append((list(prompts), list(sentences)))
+        return [len(s) for s in sentences]
+
+    a = sentence_aspect(_PieceTokenizer(), ["p", "q", "r"],
+                        [[0, 1, 2, 3, 4, 2, 5], [3, 4], [2]], scorer)
+    assert seen == [(["p", "p", "q"], ["Hi there.", "Bye now.", "Bye now"])]
+    np.testing.assert_allclose(a.scores, [[9, 8], [7, 0], [0, 0]])
+    np.testing.assert_array_equal(np.where(a.valid, a.positions, -9), [[2, 5], [1, -9], [-9, -9]])
 
 
 def test_last_token_and_token_level_placement():

@@ -25,7 +25,7 @@ __all__ = [
 from align_jax.rewards.alarm import (  # noqa: E402
     HOLISTIC_STATS_FILE, PRESETS as ALARM_PRESETS, AlarmConfig, AlarmOutput, AspectRewards,
     HolisticStats, alarm_rewards, char_to_token_positions, pack_aspect, place_aspect,
-    sequence_aspect, sigmoid_shape, token_aspect, token_char_ends)
+    sentence_aspect, sequence_aspect, sigmoid_shape, token_aspect, token_char_ends)
 from align_jax.rewards.alarm import preset as alarm_preset  # noqa: E402
 from align_jax.rewards.aspects import (  # noqa: E402
     ASPECT_SCORERS, flesch_kincaid_grade, distinct_n, make_aspect_scorer, negated,
@@ -35,7 +35,8 @@ from align_jax.rewards.consistency import agreement_rate, select_aspects  # noqa
 __all__ += [
     "HOLISTIC_STATS_FILE", "ALARM_PRESETS", "AlarmConfig", "AlarmOutput", "AspectRewards",
     "HolisticStats", "alarm_rewards", "char_to_token_positions", "pack_aspect", "place_aspect",
-    "sequence_aspect", "sigmoid_shape", "token_aspect", "token_char_ends", "alarm_preset",
+    "sentence_aspect", "sequence_aspect", "sigmoid_shape", "token_aspect", "token_char_ends",
+    "alarm_preset",
     "ASPECT_SCORERS", "flesch_kincaid_grade", "distinct_n", "make_aspect_scorer", "negated",
     "per_sentence_scores", "references_from_records", "agreement_rate", "select_aspects",
 ]

@@ -44,6 +44,7 @@ import numpy as np
 
 from align_jax.errors import ConfigError, DataError
 from align_jax.losses.token_pg import place_rewards
+from align_jax.rewards.aspects import sentence_spans
 
 Array = jax.Array
 HOLISTIC_STATS_FILE = "holistic_stats.json"
@@ -166,6 +167,32 @@ def char_to_token_positions(char_ends: Sequence[int], token_ends: Sequence[int])
     ce = np.asarray(char_ends, np.int64)
     pos = np.searchsorted(te, ce, side="left")
     return np.where(pos >= len(te), -1, pos).astype(np.int32)
+
+
+def sentence_aspect(tokenizer, prompts: Sequence, response_ids: Sequence[Sequence[int]],
+                    scorer: Callable, skip_special_tokens: bool = True) -> AspectRewards:
+    """A per-sentence aspect from any ``scorer(prompts, texts) -> scores`` (the aspect-scorer
+    interface, so every scorer of ``rewards.aspects`` — or a reward model — can score sentences):
+    each response (``response_ids[r]`` = its response tokens, in the order of the mask's response
+    tokens) is decoded, split into sentences, every sentence scored in ONE scorer call with its
+    prompt, and each score placed on the token ending its sentence. A response without a word
+    gets no entry."""
+    if len(prompts) != len(response_ids):
+        raise ValueError(f"{len(prompts)} prompts vs {len(response_ids)} responses")
+    flat_p, flat_s, positions = [], [], []
+    for p, ids in zip(prompts, response_ids):
+        ids = [int(i) for i in ids]
+        text = tokenizer.decode(ids, skip_special_tokens=skip_special_tokens)
+        spans = sentence_spans(text)
+        ends = token_char_ends(tokenizer, ids, skip_special_tokens)
+        positions.append(char_to_token_positions([e for _, e in spans], ends))
+        flat_p += [p] * len(spans)
+        flat_s += [text[a:b] for a, b in spans]
+    flat = np.asarray(scorer(flat_p, flat_s) if flat_s else [], np.float32).reshape(-1)
+    if flat.shape[0] != len(flat_s):
+        raise ValueError(f"scorer returned {flat.shape[0]} scores for {len(flat_s)} sentences")
+    cuts = np.cumsum([len(q) for q in positions])[:-1]
+    return pack_aspect(np.split(flat, cuts), positions)
 
 
 def _to_layout(rel_bk: Array, mask_bt: Array) -> Array:
