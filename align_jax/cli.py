@@ -3,7 +3,11 @@
     cfg = parse_overrides(Config(), sys.argv[1:])
 
 Values are converted by the field's annotation (int, float, bool, str, tuple[...], Optional[...]);
-nested dataclasses are reached with dots (`sampling.top_p=0.9`). Unknown keys (with the closest
+nested dataclasses are reached with dots (`sampling.top_p=0.9`). SHORT KEYS: a config that lists
+groups in `SHORT_GROUPS` (the experiments nest the shared `optim`/`loop`/`sampling`/`objective`
+configs) also takes each leaf of those groups by its bare name when that name is unique
+(`lr=3e-6` is `optim.lr=3e-6`, `k=4` is `objective.k=4`), plus the few renames of `ALIASES`
+(`optimizer` is `optim.name`); this is the one place short keys are defined. Unknown keys (with the closest
 valid key) and unparsable values are errors that name the key and the expected type, so a typo
 never runs silently. `-h`/`--help` prints every key with its type, default and description (the
 `# comment` after the field in the dataclass source, or `metadata={"help": ...}`).
@@ -33,6 +37,9 @@ HELP_FLAGS = ("-h", "--help")
 # A run directory belongs to one run: `config=` takes a saved run's settings, not its directory
 # (re-using that would resume it); pass out_dir= to choose one.
 NOT_LOADED = ("out_dir",)
+
+# Short names that are not the leaf's own name (the rest come from SHORT_GROUPS, see above).
+ALIASES = {"optimizer": "optim.name"}
 
 # Knobs the experiment files share by name; a field's own comment or metadata wins over these.
 SHARED_HELP = {
@@ -133,10 +140,47 @@ def parse_overrides(cfg, argv: list[str]):
         raise ConfigError("config= given more than once")
     if loads:
         cfg = load_config(cfg, loads[0])
+    valid = field_paths(cfg) + sorted(short_keys(cfg))
     for key, raw in pairs:
-        if key != "config":
-            cfg = _set(cfg, key.split("."), raw, key, field_paths(cfg))
+        if key != "config":  # messages name the key as typed (`lr`, not `optim.lr`)
+            cfg = _set(cfg, resolve_key(cfg, key).split("."), raw, key, valid)
     return cfg
+
+
+def short_keys(cfg) -> dict[str, str]:
+    """{short key: dotted key} of a config (empty unless it declares ``SHORT_GROUPS``): every
+    leaf of those groups by its bare name where that is unique and not a top-level field, and
+    the ``ALIASES`` whose target it has."""
+    groups = getattr(type(cfg), "SHORT_GROUPS", ())
+    if not groups:
+        return {}
+    paths = field_paths(cfg)
+    top = {f.name for f in dataclasses.fields(cfg)}
+    by_leaf: dict[str, list[str]] = {}
+    for p in paths:
+        if "." in p and p.split(".", 1)[0] in groups:
+            by_leaf.setdefault(p.rsplit(".", 1)[1], []).append(p)
+    out = {leaf: ps[0] for leaf, ps in by_leaf.items() if len(ps) == 1 and leaf not in top}
+    for alias, target in ALIASES.items():  # the target where the config nests it
+        hits = [p for p in paths if p == target or p.endswith("." + target)]
+        if len(hits) == 1 and alias not in top:
+            out[alias] = hits[0]
+    return out
+
+
+def resolve_key(cfg, key: str) -> str:
+    """The dotted key a command-line key names (a short key resolved, anything else as is)."""
+    return short_keys(cfg).get(key, key)
+
+
+def shown_key(cfg, dotted: str) -> str:
+    """The name a user types for a dotted key: its short key if it has one."""
+    return {v: k for k, v in short_keys(cfg).items()}.get(dotted, dotted)
+
+
+def config_keys(cfg) -> set[str]:
+    """Every key the command line accepts for ``cfg`` (dotted and short)."""
+    return set(field_paths(cfg)) | set(short_keys(cfg))
 
 
 def field_paths(cfg, prefix: str = "") -> list[str]:
@@ -266,11 +310,14 @@ def help_text(cfg) -> str:
     """The config module's docstring, then one line per key: `name: type = default  description`."""
     mod = sys.modules.get(type(cfg).__module__)
     doc = textwrap.dedent(mod.__doc__ or "").strip() if mod else ""
-    rows = [(k, f"{k}: {t} = {d}", h) for k, t, d, h in describe(cfg)]
+    short = {v: k for k, v in short_keys(cfg).items()}
+    rows = [(k, f"{k}: {t} = {d}", f"({short[k]}) {h}" if k in short else h)
+            for k, t, d, h in describe(cfg)]
     width = min(max(len(r[1]) for r in rows), 56) if rows else 0
     lines = [doc, ""] if doc else []
-    lines.append("Config keys (key=value; nested keys with dots; config=RUN_DIR/config.json "
-                 "first loads a saved run's settings, out_dir excepted):")
+    lines.append("Config keys (key=value; nested keys with dots, or the short key in brackets; "
+                 "config=RUN_DIR/config.json first loads a saved run's settings, out_dir "
+                 "excepted):")
     lines += [f"  {spec:<{width}}  {hlp}".rstrip() for _, spec, hlp in rows]
     return "\n".join(lines)
 

@@ -47,21 +47,27 @@ RULES = {
 }
 
 
-def check_config(cfg, prefix: str = "") -> None:
-    """Raise ConfigError for the first field of ``cfg`` (a dataclass) that breaks a rule."""
+def check_config(cfg, prefix: str = "", root=None) -> None:
+    """Raise ConfigError for the first field of ``cfg`` (a dataclass) that breaks a rule. Keys are
+    named as the user types them (``lr``, the short key of ``optim.lr``; see ``align_jax.cli``)."""
+    from align_jax.cli import shown_key
+
+    root = cfg if root is None else root
     for f in dataclasses.fields(cfg):
         v = getattr(cfg, f.name)
         key = prefix + f.name
         if dataclasses.is_dataclass(v) and not isinstance(v, type):
-            check_config(v, key + ".")
+            check_config(v, key + ".", root)
         elif f.name in RULES and _num(v):
             ok, must = RULES[f.name]
             if not ok(v):
-                raise ConfigError(f"{key}={v}: {must}")
-    _check_k(cfg, prefix)
+                raise ConfigError(f"{shown_key(root, key)}={v}: {must}")
+    if root is cfg:
+        _check_k(cfg)
     if getattr(cfg, "greedy", False):  # a SamplingConfig handed to a training loop
-        raise ConfigError(f"{prefix}greedy=True: training samples must be random (the K samples "
-                          "of a prompt would be identical and every advantage 0)")
+        raise ConfigError(f"{shown_key(root, prefix + 'greedy')}=True: training samples must be "
+                          "random (the K samples of a prompt would be identical and every "
+                          "advantage 0)")
     mesh = getattr(cfg, "mesh", None)
     if isinstance(mesh, str):  # the device count is checked when the mesh is built
         from align_jax.sharding import MeshConfig
@@ -69,19 +75,33 @@ def check_config(cfg, prefix: str = "") -> None:
         MeshConfig.parse(mesh)
 
 
-def _check_k(cfg, prefix: str) -> None:
-    k = getattr(cfg, "k", None)
+def _lookup(cfg, key: str):
+    """The value a key names in ``cfg``: a field, else the field its short key resolves to."""
+    from align_jax.cli import resolve_key
+
+    if key in {f.name for f in dataclasses.fields(cfg)}:
+        return getattr(cfg, key)
+    path = resolve_key(cfg, key)
+    if path == key:
+        return None
+    for part in path.split("."):
+        cfg = getattr(cfg, part)
+    return cfg
+
+
+def _check_k(cfg) -> None:
+    k = _lookup(cfg, "k")
     if not _num(k):
         return
     if k < 1:
-        raise ConfigError(f"{prefix}k={k}: must be >= 1")
-    method = getattr(cfg, "method", None)
-    advantage = getattr(cfg, "advantage", "mean")
+        raise ConfigError(f"k={k}: must be >= 1")
+    method = _lookup(cfg, "method")
+    advantage = _lookup(cfg, "advantage") or "mean"
     if k < 2 and (method == "simpo" or advantage in _GROUP_BASELINES):
         why = ("online SimPO pairs the best and worst of the K samples" if method == "simpo"
                else f"advantage={advantage!r} compares the K samples of a prompt, so with one "
                     "sample every advantage (and gradient) is 0")
-        raise ConfigError(f"{prefix}k={k}: must be >= 2 ({why})")
+        raise ConfigError(f"k={k}: must be >= 2 ({why})")
 
 
 def check_context(max_positions: int | None, prompt_tokens: int, new_tokens: int,

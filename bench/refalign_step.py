@@ -18,13 +18,14 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from align_jax.algorithms import refalign as ra  # noqa: E402
-from align_jax.algorithms.online_loop import (LoopConfig, OptimConfig, as_record,  # noqa: E402
-                                              train_online)
+from align_jax.algorithms.online_loop import OnlineLoopConfig, train_online  # noqa: E402
 from align_jax.cli import parse_overrides  # noqa: E402
-from align_jax.data import load_bundled  # noqa: E402
+from align_jax.data import as_record, load_bundled  # noqa: E402
 from align_jax.models import load_causal_lm  # noqa: E402
+from align_jax.rewards import compose  # noqa: E402
 from align_jax.rewards.safety import make_harmless_scorer  # noqa: E402
 from align_jax.sampling.sampler import SamplingConfig  # noqa: E402
+from align_jax.train.optim import OptimConfig  # noqa: E402
 
 
 @dataclasses.dataclass(frozen=True)
@@ -39,16 +40,16 @@ class Config:
 def main(argv):
     cfg = parse_overrides(Config(), argv)
     policy, tok = load_causal_lm(cfg.model)
-    sim = ra.make_scorer("bertscore_f1", tok)
-    reward = ra.combine_rewards(ra.similarity_reward(sim),
-                                ra.harmless_reward(make_harmless_scorer("refusal")))
+    sim = compose.similarity_scorer("bertscore_f1", tok)
+    reward = compose.combine_rewards(compose.similarity_reward(sim),
+                                     compose.harmless_reward(make_harmless_scorer("refusal")))
     data = [as_record(e) for e in load_bundled("safety", split="train")]
     with tempfile.TemporaryDirectory() as d:
         train_online(policy, tok, data, reward, rcfg=ra.RefAlignConfig(k=cfg.k),
                      sampling=SamplingConfig(max_new_tokens=cfg.max_new_tokens),
                      optim=OptimConfig(lr=1e-5),
-                     loop=LoopConfig(steps=cfg.steps, prompts_per_step=cfg.prompts_per_step,
-                                     save_every=10**6, kl_every=0, progress=False),
+                     loop=OnlineLoopConfig(steps=cfg.steps, prompts_per_step=cfg.prompts_per_step,
+                                           save_every=10**6, kl_every=0, progress=False),
                      run_dir=d)
         rows = [json.loads(l) for l in (Path(d) / "metrics.jsonl").read_text().splitlines()]
     parts = ("time/sample_s", "time/reward_s", "time/update_s")

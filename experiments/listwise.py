@@ -2,7 +2,8 @@
 
 Listwise preference optimisation over K ranked responses per prompt: the K sequences of each list
 are flattened into one [B·K, T] forward, the item scores are s = β·(lp_θ − lp_ref) (reference log-probs
-precomputed once and cached; PRO is reference-free), and one of:
+precomputed once and cached; PRO is reference-free), and one of the registered listwise losses
+(docs/methods.md):
 
     python experiments/listwise.py                       # Plackett–Luce (K=2: exactly DPO)
     python experiments/listwise.py loss=lipo             # LiPO-λ (lambda-weighted pairwise logistic)
@@ -30,43 +31,34 @@ from pathlib import Path
 # Runnable as a plain script from a checkout (`python experiments/listwise.py`).
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from align_jax.algorithms.preference import (ExperimentConfig, load_splits,  # noqa: E402
-                                             run_experiment)
+from align_jax.algorithms.preference import TrainConfig  # noqa: E402
 from align_jax.cli import parse_overrides, run_main  # noqa: E402
 from align_jax.data import RankedList  # noqa: E402
 from align_jax.errors import ConfigError  # noqa: E402
-from align_jax.losses import ListwiseConfig  # noqa: E402
+from align_jax.experiment import PreferenceExperiment, load_splits, run_preference  # noqa: E402
+from align_jax.losses import ListwiseConfig, loss_spec  # noqa: E402
 from align_jax.sanity import check_config  # noqa: E402
-
-ALIASES = {"lipo": "lipo_lambda", "pl": "plackett_luce"}
-LOSSES = ("plackett_luce", "lipo_lambda", "pro", "opo")
 
 
 @dataclasses.dataclass(frozen=True)
-class Config(ExperimentConfig):
-    loss: str = "plackett_luce"  # plackett_luce | lipo | pro | opo
-    beta: float = 0.1  # item score s = β·(log π_θ − log π_ref)
-    pro_sft_weight: float = 0.05  # PRO: NLL weight on the best response
-    neuralsort_tau: float = 1.0  # OPO: NeuralSort temperature (smaller = closer to a hard sort)
-    sinkhorn_iters: int = 0  # OPO: Sinkhorn iterations on the NeuralSort rows (0 = none)
-    ndcg_k: int | None = None  # OPO: NDCG@k (None = the full list)
-    batch_size: int = 2  # lists per micro-batch (each list is K sequences)
+class Config(PreferenceExperiment):
+    objective: ListwiseConfig = ListwiseConfig()  # the listwise loss and its knobs
+    train: TrainConfig = TrainConfig(steps=8, save_every=50, batch_size=2)  # lists of K sequences
 
 
 def main(argv: list[str]) -> dict:
     cfg = parse_overrides(Config(), argv)
     check_config(cfg)
-    loss = ALIASES.get(cfg.loss, cfg.loss)
-    if loss not in LOSSES:
-        raise ConfigError(f"loss={cfg.loss!r}: expected one of {list(LOSSES)} (or lipo)")
-    loss_cfg = ListwiseConfig(loss=loss, beta=cfg.beta, pro_sft_weight=cfg.pro_sft_weight,
-                              neuralsort_tau=cfg.neuralsort_tau, sinkhorn_iters=cfg.sinkhorn_iters,
-                              ndcg_k=cfg.ndcg_k)
+    try:  # the registered name (short names such as lipo resolve to lipo_lambda)
+        loss_cfg = dataclasses.replace(cfg.objective,
+                                       loss=loss_spec(cfg.objective.loss, "listwise").name)
+    except ValueError as e:
+        raise ConfigError(f"loss={cfg.objective.loss!r}: {e}") from None
     train, evals = load_splits("ranked", cfg.data, cfg.data_format, cfg.eval_data,
                                skip_bad_records=cfg.skip_bad_records)
     if not train or not isinstance(train[0], RankedList):
         raise ConfigError(f"{cfg.data}: listwise losses need ranked lists (format ranked)")
-    return run_experiment("listwise", cfg, loss_cfg, "ranked", train, evals)
+    return run_preference("listwise", cfg, loss_cfg, "ranked", train, evals)
 
 
 if __name__ == "__main__":

@@ -8,7 +8,8 @@ Evaluated on held-out questions with accuracy, ECE, AUROC and Pearson(confidence
 
 Offline default: SmolLM2-135M-Instruct, BERTScore-F1 on MiniLM, the bundled short factual QA
 set. Paper scale: an SFT'd policy (model=), the CONQORD data (data=<jsonl of {question, answer}>
-data_format=qa), k=2, lr=3e-6.
+data_format=qa), k=2, lr=3e-6. Formulas and defaults: docs/methods.md. Outputs: the artefacts of
+`align_jax.experiment`.
 """
 
 from __future__ import annotations
@@ -21,43 +22,23 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import numpy as np  # noqa: E402
 
-from align_jax import sharding  # noqa: E402
-from align_jax.algorithms import refalign as ra  # noqa: E402
-from align_jax.algorithms.online_loop import (LoopConfig, OptimConfig, as_record,  # noqa: E402
-                                              train_online)
+from align_jax import experiment as ex  # noqa: E402
 from align_jax.algorithms.refalign_eval import generate_answers  # noqa: E402
-from align_jax.cli import config_dict, parse_overrides, run_main  # noqa: E402
-from align_jax.data import load_bundled, load_examples  # noqa: E402
-from align_jax.models import export_hf, load_causal_lm  # noqa: E402
+from align_jax.cli import parse_overrides, run_main  # noqa: E402
+from align_jax.data import as_record  # noqa: E402
+from align_jax.models import load_causal_lm  # noqa: E402
+from align_jax.rewards import compose  # noqa: E402
 from align_jax.rewards import confidence as conf  # noqa: E402
 from align_jax.sampling.sampler import SamplingConfig  # noqa: E402
 from align_jax.sanity import check_config  # noqa: E402
-from align_jax.train import report  # noqa: E402
 
 
 @dataclasses.dataclass(frozen=True)
-class Config:
-    model: str | None = None
-    dtype: str = "float32"
-    data: str | None = None  # None = bundled confidence_qa
-    data_format: str = "qa"
-    skip_bad_records: bool = False  # count and skip malformed records instead of stopping
-    similarity: str = "bertscore_f1"
-    encoder: str | None = None
+class Config(ex.OnlineExperiment):
+    data_format: str = "qa"  # None data = the bundled confidence_qa set
     alpha: float = 0.5  # weight of the order term
     missing_penalty: float = -0.5  # order reward of a sample with no parsable confidence
-    k: int = 2
-    steps: int = 30
-    prompts_per_step: int = 4
-    lr: float = 2e-5
-    max_new_tokens: int = 32
-    temperature: float = 1.0
-    eval_prompts: int = 24
-    mesh: str = "-1,1,1"
-    seed: int = 0
-    save_every: int = 10
-    out_dir: str | None = None
-    export: bool = False
+    sampling: SamplingConfig = SamplingConfig(max_new_tokens=32, temperature=1.0)
 
 
 def with_instruction(rec: dict) -> dict:
@@ -65,7 +46,7 @@ def with_instruction(rec: dict) -> dict:
             "prompt": f"{rec['prompt']}\n{conf.CONFIDENCE_INSTRUCTION}"}
 
 
-def confidence_reward(similarity, k: int, alpha: float, missing_penalty: float) -> ra.RewardFn:
+def confidence_reward(similarity, k: int, alpha: float, missing_penalty: float) -> compose.RewardFn:
     """quality = S(answer without the confidence line, reference); + α·order over each prompt's K."""
 
     def fn(prompts, responses, records):
@@ -97,51 +78,30 @@ def calibration_eval(policy, tokenizer, records, similarity, max_new_tokens, mes
 def main(argv: list[str]) -> dict:
     cfg = parse_overrides(Config(), argv)
     check_config(cfg)
-    sharding.maybe_initialize_distributed()
-    mesh = sharding.make_mesh(cfg.mesh)
-    run_dir = report.make_run_dir("refalign_confidence", cfg.out_dir)
-    print(f"[align_jax] run directory: {run_dir}")
-    report.write_json(run_dir / "config.json", config_dict(cfg))
+    mesh = ex.mesh_of(cfg)
+    run_dir = ex.open_run("refalign_confidence", cfg)
 
     policy, tokenizer = load_causal_lm(cfg.model, dtype=cfg.dtype, mesh=mesh)
-    similarity = ra.make_scorer(cfg.similarity, tokenizer, cfg.encoder, mesh=mesh)
-    reward_fn = confidence_reward(similarity, cfg.k, cfg.alpha, cfg.missing_penalty)
+    similarity = compose.similarity_scorer(cfg.similarity, tokenizer, cfg.encoder, mesh=mesh)
+    reward_fn = confidence_reward(similarity, cfg.objective.k, cfg.alpha, cfg.missing_penalty)
 
-    if cfg.data is None:
-        train = [with_instruction(as_record(e)) for e in load_bundled("confidence_qa", "train")]
-        evals = [with_instruction(as_record(e)) for e in load_bundled("confidence_qa", "eval")]
-    else:
-        rows = [with_instruction(as_record(e)) for e in load_examples(
-            cfg.data, cfg.data_format, skip_bad_records=cfg.skip_bad_records)]
-        cut = max(1, len(rows) // 10)
-        train, evals = rows[cut:], rows[:cut]
+    train, evals = ex.load_splits("confidence_qa", cfg.data, cfg.data_format,
+                                  skip_bad_records=cfg.skip_bad_records,
+                                  to_record=lambda e: with_instruction(as_record(e)))
     evals = evals[: cfg.eval_prompts]
 
-    before, answers_before = calibration_eval(policy, tokenizer, evals, similarity,
-                                              cfg.max_new_tokens, mesh)
-    print("[align_jax] before:", report.fmt_metrics(before))
-    policy, _ = train_online(
-        policy, tokenizer, train, reward_fn,
-        rcfg=ra.RefAlignConfig(k=cfg.k),
-        sampling=SamplingConfig(max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature),
-        optim=OptimConfig(lr=cfg.lr),
-        loop=LoopConfig(steps=cfg.steps, prompts_per_step=cfg.prompts_per_step, seed=cfg.seed,
-                        save_every=cfg.save_every, kl_every=5),
-        run_dir=run_dir, mesh=mesh)
-    after, answers_after = calibration_eval(policy, tokenizer, evals, similarity,
-                                            cfg.max_new_tokens, mesh)
-    print("[align_jax] after: ", report.fmt_metrics(after))
-    report.write_json(run_dir / "eval.json", {"before": before, "after": after})
-    report.plot_curves(run_dir / "metrics.jsonl", run_dir / "curves.png", title="RefAlign confidence")
-    n = min(10, len(evals))
-    (run_dir / "samples.md").write_text(
-        "# RefAlign confidence: before / after\n\n" + report.summary_table(before, after) + "\n"
-        + report.sample_table([r["question"] for r in evals[:n]], answers_before[:n],
-                              answers_after[:n], {"reference": [r["reference"] for r in evals[:n]]}))
-    if cfg.export:
-        export_hf(policy, tokenizer, run_dir / "export")
-    print(f"[align_jax] done: {run_dir}")
-    return {"before": before, "after": after}
+    def held_out(model):
+        m, answers = calibration_eval(model, tokenizer, evals, similarity,
+                                      cfg.sampling.max_new_tokens, mesh)
+        return {"metrics": m, "answers": answers}
+
+    before, policy, after = ex.train_between_evals(
+        cfg, run_dir, policy, tokenizer, train, reward_fn, held_out, mesh=mesh,
+        label="refalign_confidence")
+    return ex.finish(run_dir, "RefAlign confidence", before, after,
+                     [r["question"] for r in evals], order=range(min(10, len(evals))),
+                     columns={"reference": [r["reference"] for r in evals]},
+                     policy=policy, tokenizer=tokenizer, export=cfg.export)
 
 
 if __name__ == "__main__":

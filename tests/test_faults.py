@@ -21,6 +21,7 @@ import pytest
 from flax import nnx
 
 from align_jax.algorithms.preference import TrainConfig, attach_reference, train_preference
+from align_jax.train.optim import OptimConfig
 from align_jax.algorithms.preference_step import make_loss_fn
 from align_jax.algorithms.reference_cache import PrefData
 from align_jax.data import PreferencePair, TokenizeConfig
@@ -132,7 +133,7 @@ def test_guard_stops_after_n_in_a_row_keeping_the_last_good_checkpoint(tiny_poli
     data = _PoisonFrom(**{f.name: getattr(data, f.name) for f in dataclasses.fields(PrefData)},
                        poison_from=3)
     loss_fn = _poisonable(make_loss_fn(PrefConfig(), completion_len=8))
-    cfg = TrainConfig(steps=8, lr=1e-3, schedule="constant", save_every=1, keep_checkpoints=10,
+    cfg = TrainConfig(steps=8, optim=OptimConfig(lr=1e-3), save_every=1, keep_checkpoints=10,
                       progress=False, max_nonfinite_steps=3)
     run_dir = tmp_path / "run"
     with pytest.raises(DivergenceError) as e:

@@ -7,8 +7,9 @@ import pytest
 from flax import nnx
 
 from align_jax.algorithms import refalign as ra
-from align_jax.algorithms.online_loop import LoopConfig, OptimConfig, train_online
+from align_jax.algorithms.online_loop import OnlineLoopConfig, train_online
 from align_jax.algorithms.preference import TrainConfig, train_preference
+from align_jax.train.optim import OptimConfig
 from align_jax.cli import parse_overrides, run_main
 from align_jax.errors import ConfigError
 from align_jax.models.config import DecoderConfig
@@ -80,7 +81,7 @@ def test_loops_check_their_own_configs(tmp_path):
     """Used from Python the loops refuse the same settings before building anything."""
     with pytest.raises(ConfigError, match=r"^steps=0: must be >= 1"):
         train_preference(None, None, None, TrainConfig(steps=0), tmp_path)
-    kw = dict(rcfg=ra.RefAlignConfig(k=2), optim=OptimConfig(), loop=LoopConfig(),
+    kw = dict(rcfg=ra.RefAlignConfig(k=2), optim=OptimConfig(), loop=OnlineLoopConfig(),
               run_dir=tmp_path)
     with pytest.raises(ConfigError, match=r"^greedy=True: training samples must be random"):
         train_online(None, None, [], None, sampling=SamplingConfig(greedy=True), **kw)

@@ -20,6 +20,7 @@ from transformers import PreTrainedTokenizerFast
 from align_jax.algorithms import preference_step as ps
 from align_jax.algorithms import reference_cache as rc
 from align_jax.algorithms.preference import TrainConfig, attach_reference, train_preference
+from align_jax.train.optim import OptimConfig
 from align_jax.data import PreferencePair, RankedList, TokenizeConfig, pairs_to_unpaired
 from align_jax.losses import (KTOConfig, ListLogps, ListwiseConfig, PrefConfig, RPOConfig,
                               UnpairedLogps, listwise_loss, unpaired_loss)
@@ -105,7 +106,7 @@ def _offsets(data, seed):
 
 def test_dpo_run_raises_accuracy_and_margin(tiny, tmp_path):
     data = tiny["cached"]
-    cfg = TrainConfig(steps=25, batch_size=8, lr=1e-3, schedule="constant", save_every=1000,
+    cfg = TrainConfig(steps=25, batch_size=8, optim=OptimConfig(lr=1e-3), save_every=1000,
                       progress=False)
     loss_fn = ps.make_pair_loss_fn(PrefConfig(), completion_len=TCFG.max_completion_len)
     res = train_preference(fresh(tiny["model"]), data, loss_fn, cfg,

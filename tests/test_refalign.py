@@ -12,7 +12,8 @@ from flax import nnx
 from tokenizers import Tokenizer, models, pre_tokenizers
 
 from align_jax.algorithms import refalign as ra
-from align_jax.algorithms.online_loop import LoopConfig, OptimConfig, train_online
+from align_jax.algorithms.online_loop import OnlineLoopConfig, train_online
+from align_jax.train.optim import OptimConfig
 from align_jax.models import hf_io
 from align_jax.models.config import DecoderConfig
 from align_jax.models.llama import Decoder
@@ -99,8 +100,8 @@ def _run(tmp, steps, seed=0, kl_coef=0.0):
         rcfg=ra.RefAlignConfig(k=4, kl_coef=kl_coef),
         sampling=SamplingConfig(max_new_tokens=6, prompt_bucket=8),
         optim=OptimConfig(lr=3e-2, grad_clip=1.0),
-        loop=LoopConfig(steps=steps, prompts_per_step=4, seed=seed, save_every=3, kl_every=1,
-                        progress=False),
+        loop=OnlineLoopConfig(steps=steps, prompts_per_step=4, seed=seed, save_every=3, kl_every=1,
+                              progress=False),
         run_dir=tmp)
 
 

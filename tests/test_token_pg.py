@@ -78,7 +78,7 @@ def _trl(loss_type, logps, old, ref, adv, mask, *, eps=0.2, eps_high=0.2, beta=0
 
 def _ours(name, logps, old, ref, adv, mask, num_items=None, **cfg):
     c = TokenPGConfig(**cfg)
-    fn = get_loss(name, "policy_gradient")
+    fn = get_loss(name, "token_pg")
 
     def f(lp):
         return fn(TokenPGInputs(lp, jnp.asarray(mask), jnp.asarray(adv), jnp.asarray(old),
@@ -145,7 +145,7 @@ def test_ppo_clip_by_hand():
     #  A=1 r=2 -> max(-2, -1.2) = -1.2 ; A=-1 r=1 -> 1 ; A=2 r=.5 -> max(-1, -1.6) = -1
     #  A=-1 r=.8 -> max(.8, .8) = .8 ; A=.5 r=4 -> max(-2, -.6) = -.6 ; masked
     want = (-1.2 + 1.0 - 1.0 + 0.8 - 0.6) / 5
-    loss, m = get_loss("ppo", "policy_gradient")(
+    loss, m = get_loss("ppo", "token_pg")(
         TokenPGInputs(jnp.asarray(logps), jnp.asarray(mask), jnp.asarray(adv), jnp.asarray(old)),
         TokenPGConfig(epsilon=0.2))
     assert float(loss) == pytest.approx(want, abs=1e-12)
@@ -173,7 +173,7 @@ def test_reward_to_go_equals_loop(gamma, whiten):
     if whiten:
         v = want[mask == 1]
         want = np.where(mask == 1, (want - v.mean()) / np.sqrt(v.var(ddof=1) + 1e-8), 0.0)
-    got, _ = get_loss("reward_to_go", "advantage")(TokenRewards(jnp.asarray(r), jnp.asarray(mask)),
+    got, _ = get_loss("reward_to_go", "token_advantage")(TokenRewards(jnp.asarray(r), jnp.asarray(mask)),
                                                     AdvantageConfig(gamma=gamma, whiten=whiten))
     np.testing.assert_allclose(np.asarray(got), want, atol=1e-12)
 
@@ -188,5 +188,5 @@ def test_place_rewards_by_hand():
 
 
 def test_registered_names():
-    assert set(list_losses("policy_gradient")) >= {"grpo", "gspo", "bnpo", "dr_grpo", "dapo", "ppo"}
-    assert "reward_to_go" in list_losses("advantage")
+    assert set(list_losses("token_pg")) >= {"grpo", "gspo", "bnpo", "dr_grpo", "dapo", "ppo"}
+    assert "reward_to_go" in list_losses("token_advantage")

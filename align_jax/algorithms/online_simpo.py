@@ -1,5 +1,5 @@
 """Online SimPO with similarity-ranked pairs: RefAlign's comparison baseline for general
-preference alignment (ALGORITHMS.md §1 "General preference").
+preference alignment (docs/methods.md, "Online SimPO").
 
 Per prompt, the K on-policy samples are ranked by a reward component (BERTScore to the
 reference by default); the best and the worst form a (chosen, rejected) pair trained with the

@@ -21,7 +21,8 @@ Where the reference log-probs come from (a static, trace-time choice):
    initial weights, forwarded per batch;
 3. else the policy has LoRA adapters: the reference is the SAME module with the adapters zeroed
    (``lora_off_params``), no second copy of the weights;
-4. else a clear error. Reference-free losses (simpo, cpo, orpo, sft; PRO) never look for one.
+4. else a clear error. Losses registered with ``needs_reference=False`` (simpo, cpo, orpo, sft; PRO)
+   never look for one.
 
 Batches are the dicts of ``align_jax.data.tokenize`` (``loss_mask`` not shifted: log-probs come from
 logits[:, :-1] vs ids[:, 1:] with ``loss_mask[:, 1:]``, see ``align_jax.train.logprobs``).
@@ -40,12 +41,10 @@ from align_jax.losses.kto import KTOConfig, UnpairedLogps, unpaired_loss
 from align_jax.losses.listwise import ListLogps, ListwiseConfig, listwise_loss
 from align_jax.losses.preference import (PairLogps, PrefConfig, log_sum_sq_probs, preference_loss,
                                          shared_tail_logps, wpo_log_weights)
+from align_jax.losses.registry import LossSpec, loss_spec
 from align_jax.losses.rpo import RPOConfig, RPOInputs, rpo_loss
 from align_jax.train.logprobs import shifted_mask, token_logps, token_logps_from_logits
 from align_jax.train.state import ModelBundle, has_lora, lora_off_params
-
-# Pairwise members that never use the reference model (TRL's CPO/ORPO/SimPO trainers have none).
-REFERENCE_FREE = frozenset({"simpo", "cpo", "orpo", "sft"})
 
 # Keys a batch carries when the reference log-probs were precomputed, per batch kind.
 REF_KEYS = {
@@ -56,17 +55,20 @@ REF_KEYS = {
 }
 
 
-def pair_needs_reference(cfg: PrefConfig) -> bool:
-    return any(name not in REFERENCE_FREE for name in cfg.loss_names)
+def loss_specs(cfg) -> list[LossSpec]:
+    """The registry entries of every loss a family config names: ``cfg.loss_names`` looked up in
+    the config's family (``cfg.family``); unknown names fail with the registered ones."""
+    return [loss_spec(n, cfg.family) for n in cfg.loss_names]
 
 
 def needs_reference(cfg) -> bool:
-    """Whether a loss config needs reference log-probs at all."""
-    if isinstance(cfg, PrefConfig):
-        return pair_needs_reference(cfg)
-    if isinstance(cfg, ListwiseConfig):
-        return cfg.loss != "pro"  # PRO ranks by avg log-probs of the policy alone
-    return True  # KTO (both members) and RPO are built on log-ratios
+    """Whether a loss config needs reference log-probs at all (each entry declares it)."""
+    return any(spec.needs_reference for spec in loss_specs(cfg))
+
+
+def needs_kl_pairs(cfg) -> bool:
+    """Whether an unpaired loss reads the mismatched (KL) pairs of its batch (KTO's z0)."""
+    return any(spec.meta.get("uses_kl_pairs", False) for spec in loss_specs(cfg))
 
 
 # ----------------------------------------------------------------------------- models
@@ -295,7 +297,7 @@ def _overflow_metric(*overflows):
 def make_pair_loss_fn(cfg: PrefConfig, chunk_size: int | None = None,
                       completion_len: int | None = None):
     """Any pairwise member(s) of ``cfg.loss``; batch = ``pair_batch`` (+ optional ``ref_*`` [B])."""
-    use_ref = pair_needs_reference(cfg)
+    use_ref = needs_reference(cfg)
     fwd = Fwd(chunk_size, completion_len)
 
     def loss_fn(models, batch, rng):
@@ -327,7 +329,7 @@ def make_kto_loss_fn(cfg: KTOConfig, chunk_size: int | None = None,
                      completion_len: int | None = None):
     """KTO / APO-zero (unpaired). batch = ``unpaired_batch`` keys (+ ``kl_*`` rows for "kto", the
     mismatched pairs) (+ optional ``ref_logps``/``ref_kl_logps`` [B])."""
-    use_kl = cfg.loss == "kto"
+    use_kl = needs_kl_pairs(cfg)
     fwd = Fwd(chunk_size, completion_len)
 
     def loss_fn(models, batch, rng):
@@ -420,10 +422,16 @@ def make_listwise_loss_fn(cfg: ListwiseConfig, chunk_size: int | None = None,
     return loss_fn
 
 
+# One step builder per family: how its inputs are computed from a batch of its data kind.
+FAMILY_STEPS = {"pair": make_pair_loss_fn, "unpaired": make_kto_loss_fn,
+                "rpo": make_rpo_loss_fn, "listwise": make_listwise_loss_fn}
+
+
 def make_loss_fn(cfg, chunk_size: int | None = None, completion_len: int | None = None):
-    """The loss_fn for any family's config object."""
-    for typ, make in ((PrefConfig, make_pair_loss_fn), (KTOConfig, make_kto_loss_fn),
-                      (RPOConfig, make_rpo_loss_fn), (ListwiseConfig, make_listwise_loss_fn)):
-        if isinstance(cfg, typ):
-            return make(cfg, chunk_size, completion_len)
-    raise TypeError(f"no preference loss_fn for config type {type(cfg).__name__}")
+    """The loss_fn for a family config: its loss name(s) are looked up in the registry (unknown
+    names fail listing the registered ones) and the family's step builder computes the inputs."""
+    loss_specs(cfg)
+    if cfg.family not in FAMILY_STEPS:
+        raise ValueError(f"family {cfg.family!r} has no preference step; preference families: "
+                         f"{sorted(FAMILY_STEPS)}")
+    return FAMILY_STEPS[cfg.family](cfg, chunk_size, completion_len)

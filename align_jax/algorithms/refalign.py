@@ -4,22 +4,25 @@ One step = rollout (K on-policy samples per prompt, jitted KV-cache sampler) →
 components, e.g. `sim` = BERTScore F1 to the reference, `harmless` for the safety variant, each
 with a weight) → advantages per component (mean baseline incl. the sample itself, optional clip
 to [−ε, ε]) summed with their weights, A = A_sim + 4·A_harm → token-level REINFORCE update.
-No reference model, critic or preference pairs (ALGORITHMS.md §1).
+No reference model, critic or preference pairs (docs/methods.md, "RefAlign").
 
-Each piece is a function; the experiment files compose them with `align_jax.train.loop`.
+Each piece is a function: the rollout and the objective here, the reward composition in
+`align_jax.rewards.compose`; `algorithms.online_loop` makes them a batch source for the one loop
+(`align_jax.train.loop`).
 """
 
 from __future__ import annotations
 
 import dataclasses
-from typing import Callable, Mapping, Sequence
+from typing import Mapping, Sequence
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
 from align_jax.errors import ConfigError
-from align_jax.losses.policy_gradient import ADVANTAGE_METHODS, advantages, length_factor, reinforce_loss
+from align_jax.losses.policy_gradient import advantages, reinforce_loss
+from align_jax.losses.registry import list_losses
 from align_jax.rewards.similarity import strip_for_scoring
 from align_jax.sampling.sampler import SampleOutput, SamplingConfig, sample_texts
 from align_jax.train.logprobs import token_logps
@@ -32,18 +35,13 @@ class RefAlignConfig:
     adv_clip: float | None = None  # ε; [open] in the paper, off by default
     length_c: float | None = None  # length factor (1 + 1/(C+|y|))·S; None = off ([open] C)
     clip_ratio: float | None = None  # PPO-style ratio clip when a rollout is reused
-    updates_per_rollout: int = 1
+    updates_per_rollout: int = 1  # optimizer updates per rollout (> 1: importance ratio)
     kl_coef: float = 0.0  # KL-to-initial penalty; off as in RefAlign (it is still MEASURED)
     chunk_size: int | None = None  # log-prob chunking over the sequence (big vocabularies)
     # per-component advantage method, "component:method" (e.g. "harmless:none"); others use
     # `advantage`. Why: with the mean-of-K baseline a prompt whose K samples all refuse gives no
     # signal, so "refuse everything" is never pushed back on benign prompts once it is learnt.
     component_advantage: tuple[str, ...] = ()
-
-
-# A reward function maps (prompts, responses, records) of the R = P·K rows to named components
-# {name: (scores [R], weight)}; the advantage is Σ weight · advantage(scores).
-RewardFn = Callable[[Sequence, Sequence[str], Sequence[dict]], Mapping[str, tuple[np.ndarray, float]]]
 
 
 @dataclasses.dataclass
@@ -63,62 +61,15 @@ def rollout(model, tokenizer, records: Sequence[dict], key, sampling: SamplingCo
     return Rollout(out=out, texts=texts, records=rows)
 
 
-ENCODER_METRICS = ("bertscore", "bertscore_f1", "bertscore_p", "bertscore_r", "embedding_cosine")
-
-
-def make_scorer(name: str, tokenizer, encoder: str | None = None, num_layers: int | None = None,
-                mesh=None):
-    """The similarity S by name; the policy tokenizer's special tokens are stripped first."""
-    from align_jax.rewards.similarity import make_similarity
-
-    kw = {"special_tokens": list(tokenizer.all_special_tokens)}
-    if name in ENCODER_METRICS:
-        kw.update(model=encoder, num_layers=num_layers, mesh=mesh)
-    return make_similarity(name, **kw)
-
-
-def similarity_reward(similarity, reference_key: str = "reference", weight: float = 1.0,
-                      length_c: float | None = None) -> RewardFn:
-    """`sim` component: S(y, y*) with the chosen metric; optional length factor."""
-
-    def fn(prompts, responses, records):
-        s = np.asarray(similarity(list(responses), [r[reference_key] for r in records]),
-                       np.float32)
-        if length_c is not None:
-            lens = np.array([len(y.split()) for y in responses], np.float32)
-            s = np.asarray(length_factor(jnp.asarray(s), jnp.asarray(lens), length_c))
-        return {"sim": (s, weight)}
-
-    return fn
-
-
-def harmless_reward(scorer, weight: float = 4.0) -> RewardFn:
-    """`harmless` component for the safety variant (weight 4.0 in the released runs)."""
-
-    def fn(prompts, responses, records):
-        return {"harmless": (np.asarray(scorer(prompts, responses, records), np.float32), weight)}
-
-    return fn
-
-
-def combine_rewards(*fns: RewardFn) -> RewardFn:
-    def fn(prompts, responses, records):
-        out = {}
-        for f in fns:
-            out.update(f(prompts, responses, records))
-        return out
-
-    return fn
-
-
 def component_advantage_methods(specs: Sequence[str]) -> dict[str, str]:
     """("harmless:none", …) -> {"harmless": "none"}; a malformed entry is a ConfigError."""
     out = {}
+    valid = list_losses("advantage")
     for spec in specs:
         name, sep, method = str(spec).partition(":")
-        if not sep or method not in ADVANTAGE_METHODS:
+        if not sep or method not in valid:
             raise ConfigError(f"component_advantage entry {spec!r}: expected COMPONENT:METHOD "
-                              f"with METHOD one of {list(ADVANTAGE_METHODS)}")
+                              f"with METHOD a registered advantage estimator {valid}")
         out[name] = method
     return out
 

@@ -22,8 +22,8 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from align_jax.algorithms.reference_cache import (CacheResult, _combine, cached_arrays,
-                                                  params_fingerprint, tokenizer_fingerprint)
+from align_jax.algorithms.reference_cache import CacheResult, cached_arrays, params_fingerprint
+from align_jax.data.pref_data import combine_digest, tokenizer_fingerprint
 
 POOLING = "mean_l2"
 
@@ -97,7 +97,7 @@ def prompt_embeddings(prompts: Sequence[Any], encoder=None, tokenizer=None, *,
 
         encoder, tokenizer = load_encoder()
     texts = [prompt_to_text(p) for p in prompts]
-    key = _combine({"pooling": POOLING, "max_length": int(max_length),
+    key = combine_digest({"pooling": POOLING, "max_length": int(max_length),
                     "encoder": params_fingerprint(nnx.state(encoder, nnx.Param)),
                     "encoder_cfg": repr(encoder.config),
                     "tokenizer": tokenizer_fingerprint(tokenizer), "texts": texts})

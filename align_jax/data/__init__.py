@@ -21,6 +21,7 @@ from align_jax.data.schemas import (
     PromptReference,
     RankedList,
     UnpairedExample,
+    as_record,
     prompt_text,
 )
 from align_jax.data.tokenize import (
@@ -41,7 +42,7 @@ from align_jax.data.tokenize import (
 __all__ = [
     "ADAPTERS", "BUNDLED_FORMATS", "DataError", "DataLoader", "LoadResult", "PreferencePair",
     "PromptReference", "RankedList", "RawRecord", "TokenizeConfig", "UnpairedExample",
-    "bundled_path", "collate_prompt_ids", "collate_sequences", "detect_format",
+    "as_record", "bundled_path", "collate_prompt_ids", "collate_sequences", "detect_format",
     "encode_prompts", "encode_responses", "epoch_permutation", "iter_records", "load_bundled",
     "load_examples", "pair_batch", "pairs_to_references", "pairs_to_unpaired",
     "parse_hh_transcript", "prompt_batch", "prompt_text", "ranked_batch", "ranked_to_pairs",

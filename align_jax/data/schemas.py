@@ -72,3 +72,13 @@ def prompt_text(prompt: Prompt) -> str:
         if message.get("role") == "user":
             return message["content"]
     return prompt[-1]["content"] if prompt else ""
+
+
+def as_record(ex) -> dict:
+    """Schema object or dict -> flat dict with its fields + meta fields (what reward functions
+    and the online methods read: ``prompt``, ``reference``, ``category``, ...)."""
+    if isinstance(ex, dict):
+        return ex
+    d = {k: v for k, v in vars(ex).items() if k != "meta"}
+    d.update(getattr(ex, "meta", {}) or {})
+    return d

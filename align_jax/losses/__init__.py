@@ -15,7 +15,6 @@ from .listwise import (
 )
 from .policy_gradient import ADVANTAGE_METHODS, advantages, length_factor, reinforce_loss
 from .preference import (
-    PAIR_LOSSES,
     PairLogps,
     PrefConfig,
     bco_delta_update,
@@ -38,12 +37,12 @@ from .token_pg import (
     place_rewards,
     reward_to_go,
 )
-from .registry import FAMILIES, get_loss, list_losses, loss_family, register_loss
+from .registry import (FAMILIES, LossSpec, get_loss, list_losses, loss_family, loss_spec,
+                       register_loss, registered)
 from .rpo import RPOConfig, RPOInputs, rpo_diagonal_loss, rpo_loss, rpo_paired_loss, rpo_unpaired_loss
 
 __all__ = [
-    "ADVANTAGE_METHODS", "FAMILIES", "KTOConfig", "ListLogps", "ListwiseConfig", "PAIR_LOSSES",
-    "PairLogps", "PrefConfig", "RPOConfig", "RPOInputs", "UnpairedLogps", "advantages",
+    "ADVANTAGE_METHODS", "FAMILIES", "LossSpec", "loss_spec", "registered", "KTOConfig", "ListLogps", "ListwiseConfig", "PairLogps", "PrefConfig", "RPOConfig", "RPOInputs", "UnpairedLogps", "advantages",
     "apo_zero_unpaired_loss", "bco_delta_update", "get_loss", "kl_reference_point", "kto_loss",
     "ld_dpo_logps", "length_factor", "lipo_lambda_loss", "list_losses", "listwise_loss",
     "log_sum_sq_probs", "loss_family", "opo_loss", "plackett_luce_loss", "preference_loss",

@@ -12,12 +12,12 @@ per-device sizes. The batch loss is ``losses_b.sum() / mask.sum()`` (= ``mean`` 
 from __future__ import annotations
 
 import dataclasses
-from typing import NamedTuple
+from typing import ClassVar, NamedTuple
 
 import jax
 import jax.numpy as jnp
 
-from .registry import register_loss
+from .registry import get_loss, register_loss
 
 Array = jax.Array
 
@@ -33,10 +33,15 @@ class UnpairedLogps(NamedTuple):
 
 @dataclasses.dataclass(frozen=True)
 class KTOConfig:
-    loss: str = "kto"  # or "apo_zero_unpaired" (no KL term)
+    family: ClassVar[str] = "unpaired"  # registry family of the names in `loss`
+    loss: str = "kto"  # or "apo_zero_unpaired" (no KL term); any registered "unpaired" loss
     beta: float = 0.1
     desirable_weight: float = 1.0  # λ_D
     undesirable_weight: float = 1.0  # λ_U
+
+    @property
+    def loss_names(self) -> tuple[str, ...]:
+        return (self.loss,)
 
 
 def _mask(inp: UnpairedLogps) -> Array:
@@ -86,7 +91,7 @@ def _unpaired(inp: UnpairedLogps, cfg: KTOConfig, kind: str) -> tuple[Array, dic
     return losses, metrics
 
 
-@register_loss("kto", "unpaired")
+@register_loss("kto", "unpaired", uses_kl_pairs=True)
 def kto_loss(inp: UnpairedLogps, cfg: KTOConfig) -> tuple[Array, dict[str, Array]]:
     """KTO: desirable λ_D·(1 − σ(β(r − z0))), undesirable λ_U·(1 − σ(β(z0 − r)))."""
     return _unpaired(inp, cfg, "kto")
@@ -99,7 +104,5 @@ def apo_zero_unpaired_loss(inp: UnpairedLogps, cfg: KTOConfig) -> tuple[Array, d
 
 
 def unpaired_loss(inp: UnpairedLogps, cfg: KTOConfig) -> tuple[Array, dict[str, Array]]:
-    """Dispatch on ``cfg.loss`` ("kto" | "apo_zero_unpaired")."""
-    if cfg.loss not in ("kto", "apo_zero_unpaired"):
-        raise ValueError(f"unknown unpaired loss {cfg.loss!r}; valid names: ['apo_zero_unpaired', 'kto']")
-    return _unpaired(inp, cfg, cfg.loss)
+    """The registered unpaired loss named ``cfg.loss``."""
+    return get_loss(cfg.loss, "unpaired")(inp, cfg)

@@ -22,12 +22,12 @@ coupling across the batch; the batch loss is ``losses_b.mean()`` (lists with < 2
 from __future__ import annotations
 
 import dataclasses
-from typing import NamedTuple
+from typing import ClassVar, NamedTuple
 
 import jax
 import jax.numpy as jnp
 
-from .registry import register_loss
+from .registry import get_loss, register_loss
 
 Array = jax.Array
 
@@ -42,12 +42,17 @@ class ListLogps(NamedTuple):
 
 @dataclasses.dataclass(frozen=True)
 class ListwiseConfig:
-    loss: str = "plackett_luce"
-    beta: float = 0.1
+    family: ClassVar[str] = "listwise"  # registry family of the names in `loss`
+    loss: str = "plackett_luce"  # registered listwise loss: plackett_luce (pl) | lipo_lambda (lipo) | pro | opo
+    beta: float = 0.1  # item score s = β·(log π_θ − log π_ref)
     pro_sft_weight: float = 0.05  # β_sft [open]: PRO's NLL weight on the best response
     neuralsort_tau: float = 1.0  # NeuralSort temperature (smaller = closer to hard sort)
     sinkhorn_iters: int = 0  # 0 = plain NeuralSort rows; NeuralNDCG uses Sinkhorn (e.g. 50)
     ndcg_k: int | None = None  # truncate NDCG@k (None = full list)
+
+    @property
+    def loss_names(self) -> tuple[str, ...]:
+        return (self.loss,)
 
 
 def _neg(dtype) -> float:
@@ -90,7 +95,7 @@ def _metrics(s_bk: Array, inp: ListLogps, losses_b: Array) -> dict[str, Array]:
     }
 
 
-@register_loss("plackett_luce", "listwise")
+@register_loss("plackett_luce", "listwise", aliases=("pl",))
 def plackett_luce_loss(inp: ListLogps, cfg: ListwiseConfig) -> tuple[Array, dict[str, Array]]:
     s = _policy_scores(inp, cfg)
     idx = _order(inp.scores, inp.mask)
@@ -110,7 +115,7 @@ def _ranks(s_bk: Array, mask_bk: Array) -> Array:
     return 1 + (before & mask_bk[:, None, :]).sum(-1)
 
 
-@register_loss("lipo_lambda", "listwise")
+@register_loss("lipo_lambda", "listwise", aliases=("lipo",))
 def lipo_lambda_loss(inp: ListLogps, cfg: ListwiseConfig) -> tuple[Array, dict[str, Array]]:
     s = _policy_scores(inp, cfg)
     psi = jax.lax.stop_gradient(inp.scores).astype(s.dtype)
@@ -123,7 +128,7 @@ def lipo_lambda_loss(inp: ListLogps, cfg: ListwiseConfig) -> tuple[Array, dict[s
     return losses, _metrics(s, inp, losses)
 
 
-@register_loss("pro", "listwise")
+@register_loss("pro", "listwise", needs_reference=False)
 def pro_loss(inp: ListLogps, cfg: ListwiseConfig) -> tuple[Array, dict[str, Array]]:
     if inp.lengths is None:
         raise ValueError("PRO needs ListLogps.lengths (it ranks by avg_lp)")
@@ -185,16 +190,6 @@ def opo_loss(inp: ListLogps, cfg: ListwiseConfig) -> tuple[Array, dict[str, Arra
     return losses, _metrics(s, inp, losses)
 
 
-_BY_NAME = {
-    "plackett_luce": plackett_luce_loss,
-    "lipo_lambda": lipo_lambda_loss,
-    "pro": pro_loss,
-    "opo": opo_loss,
-}
-
-
 def listwise_loss(inp: ListLogps, cfg: ListwiseConfig) -> tuple[Array, dict[str, Array]]:
-    """Dispatch on ``cfg.loss``."""
-    if cfg.loss not in _BY_NAME:
-        raise ValueError(f"unknown listwise loss {cfg.loss!r}; valid names: {sorted(_BY_NAME)}")
-    return _BY_NAME[cfg.loss](inp, cfg)
+    """The registered listwise loss named ``cfg.loss``."""
+    return get_loss(cfg.loss, "listwise")(inp, cfg)

@@ -1,18 +1,70 @@
 """REINFORCE-style policy gradient: advantages from K samples per prompt, and the token-level loss.
 
 Group semantics: advantages are computed per prompt over its K samples (rows of ``rewards_bk``),
-so they never couple prompts and do not depend on the mesh. ``reinforce_loss`` is a token-level
+so they never couple prompts (except ``batch``, over the whole host batch) and do not depend on
+the mesh. ``reinforce_loss`` is a token-level
 masked mean over the whole batch passed in; its metrics are (sum, count) pairs so that micro-batch
-and multi-host reductions stay exact.
+and multi-host reductions stay exact. Both are registered (families "advantage" and
+"policy_gradient"); formulas in docs/methods.md (RefAlign).
 """
 from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
 
+from .registry import get_loss, list_losses, register_loss
+
 Array = jax.Array
 
-ADVANTAGE_METHODS = ("mean", "rloo", "grpo", "none", "batch")
+# ----------------------------------------------------------------------------- advantage estimators
+# Family "advantage": fn(rewards_bk, mask_f_bk, eps) -> adv_bk over each prompt's K samples
+# (mask_f_bk: float 1 on real samples). ``advantages`` adds the clip and the masking.
+
+
+def _stats(r: Array, mf: Array):
+    n = mf.sum(-1, keepdims=True)
+    mean = (r * mf).sum(-1, keepdims=True) / jnp.maximum(n, 1.0)
+    return n, r - mean
+
+
+@register_loss("mean", "advantage", needs_reference=False)
+def mean_advantage(r: Array, mf: Array, eps: float = 1e-6) -> Array:
+    """R_k − mean_j R_j, the sample itself INCLUDED (RefAlign); K=2 gives ±(R1−R2)/2."""
+    return _stats(r, mf)[1]
+
+
+@register_loss("rloo", "advantage", needs_reference=False)
+def rloo_advantage(r: Array, mf: Array, eps: float = 1e-6) -> Array:
+    """R_k − mean_{j≠k} R_j (leave-one-out) = n/(n−1)·(R_k − mean); a lone sample has no
+    baseline → 0."""
+    n, centred = _stats(r, mf)
+    return jnp.where(n > 1, centred * n / jnp.maximum(n - 1.0, 1.0), 0.0)
+
+
+@register_loss("grpo", "advantage", needs_reference=False)
+def grpo_advantage(r: Array, mf: Array, eps: float = 1e-6) -> Array:
+    """(R_k − mean) / (std + eps), std with Bessel's correction as in TRL's GRPO."""
+    n, centred = _stats(r, mf)
+    var = (centred**2 * mf).sum(-1, keepdims=True) / jnp.maximum(n - 1.0, 1.0)
+    return centred / (jnp.sqrt(var) + eps)
+
+
+@register_loss("none", "advantage", needs_reference=False)
+def raw_advantage(r: Array, mf: Array, eps: float = 1e-6) -> Array:
+    """R_k itself (no baseline)."""
+    return r
+
+
+@register_loss("batch", "advantage", needs_reference=False)
+def batch_advantage(r: Array, mf: Array, eps: float = 1e-6) -> Array:
+    """R_k − mean of ALL real rows passed in (every prompt's samples): unlike ``mean``, a prompt
+    whose K samples score alike still gets a signal relative to the other prompts
+    (REINFORCE++-style global baseline); unlike ``none``, advantages still sum to zero. The one
+    estimator that couples prompts: it reads the whole batch it is given."""
+    return r - (r * mf).sum() / jnp.maximum(mf.sum(), 1.0)
+
+
+ADVANTAGE_METHODS = tuple(list_losses("advantage"))  # the built-ins, for help texts
 
 
 def advantages(
@@ -22,38 +74,15 @@ def advantages(
     eps: float = 1e-6,
     mask_bk: Array | None = None,
 ) -> Array:
-    """Per-sample advantages [num_prompts, K] (gradient stopped).
-
-    * ``mean`` – R_k − mean_j R_j, the sample itself INCLUDED (RefAlign); K=2 gives ±(R1−R2)/2.
-    * ``rloo`` – R_k − mean_{j≠k} R_j (leave-one-out) = K/(K−1)·(R_k − mean); 0 when K=1.
-    * ``grpo`` – (R_k − mean) / (std + eps), std with Bessel's correction as in TRL's GRPO.
-    * ``none`` – R_k.
-    * ``batch`` – R_k − mean of ALL rows of the batch (every prompt's samples): unlike ``mean``,
-      a prompt whose K samples score alike still gets a signal relative to the other prompts
-      (REINFORCE++-style global baseline); unlike ``none``, advantages still sum to zero.
+    """Per-sample advantages [num_prompts, K] (gradient stopped) from the registered estimator
+    ``method`` (family "advantage": mean | rloo | grpo | none | any registered later).
     ``clip`` clips the result to [−clip, clip] (RefAlign's ε). ``mask_bk`` (optional) marks real
     samples for a variable K; masked entries get advantage 0 and are excluded from the statistics.
     """
-    if method not in ADVANTAGE_METHODS:
-        raise ValueError(f"advantage method must be one of {ADVANTAGE_METHODS}, got {method!r}")
+    estimator = get_loss(method, "advantage")
     r = jax.lax.stop_gradient(rewards_bk)
     m = jnp.ones(r.shape, bool) if mask_bk is None else mask_bk.astype(bool)
-    mf = m.astype(r.dtype)
-    n = mf.sum(-1, keepdims=True)
-    mean = (r * mf).sum(-1, keepdims=True) / jnp.maximum(n, 1.0)
-    centred = r - mean
-    if method == "none":
-        a = r
-    elif method == "batch":
-        a = r - (r * mf).sum() / jnp.maximum(mf.sum(), 1.0)
-    elif method == "mean":
-        a = centred
-    elif method == "rloo":
-        # R_k − (Σ_j R_j − R_k)/(n−1) = n/(n−1)·(R_k − mean); a lone sample has no baseline → 0
-        a = jnp.where(n > 1, centred * n / jnp.maximum(n - 1.0, 1.0), 0.0)
-    else:
-        var = (centred**2 * mf).sum(-1, keepdims=True) / jnp.maximum(n - 1.0, 1.0)
-        a = centred / (jnp.sqrt(var) + eps)
+    a = estimator(r, m.astype(r.dtype), eps)
     if clip is not None:
         a = jnp.clip(a, -clip, clip)
     return jnp.where(m, a, 0.0)
@@ -64,6 +93,7 @@ def length_factor(scores: Array, lengths: Array, C: float) -> Array:  # noqa: N8
     return (1.0 + 1.0 / (C + lengths.astype(scores.dtype))) * scores
 
 
+@register_loss("reinforce", "policy_gradient", needs_reference=False)
 def reinforce_loss(
     logps_bt: Array,
     mask_bt: Array,

@@ -21,12 +21,12 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from typing import NamedTuple
+from typing import ClassVar, NamedTuple
 
 import jax
 import jax.numpy as jnp
 
-from .registry import register_loss
+from .registry import loss_spec, register_loss
 
 Array = jax.Array
 
@@ -58,13 +58,18 @@ _F_DIVS = ("reverse_kl", "forward_kl", "js_divergence", "alpha_divergence")
 
 @dataclasses.dataclass(frozen=True)
 class PrefConfig:
-    """Hyper-parameters of the pairwise family (hashable, so it can be a static jit argument)."""
+    """Hyper-parameters of the pairwise family (hashable, so it can be a static jit argument);
+    formulas and defaults in docs/methods.md."""
 
-    loss: str | tuple[str, ...] = "sigmoid"
+    family: ClassVar[str] = "pair"  # registry family of the names in `loss`
+
+    loss: str | tuple[str, ...] = "sigmoid"  # registered pairwise loss(es); several are summed
     loss_weights: tuple[float, ...] | None = None  # None → 1.0 each
     beta: float = 0.1  # IPO: the regulariser τ; SimPO: β (paper 2.0–10)
     label_smoothing: float = 0.0  # cdpo/robust/exo_pair/aot/simpo/cpo ε
-    f_divergence: str = "reverse_kl"  # f-DPO; only for members built on the reward difference
+    # f-DPO: reverse_kl | forward_kl | js_divergence | alpha_divergence (members built on the
+    # reward difference only)
+    f_divergence: str = "reverse_kl"
     f_alpha: float = 0.5  # α of alpha_divergence
     gamma: float = 0.5  # SimPO target margin γ (TRL's simpo_gamma): logits = Δavg_lp − γ/β
     orpo_lambda: float = 0.1  # ORPO λ (TRL's ORPOConfig.beta)
@@ -73,11 +78,14 @@ class PrefConfig:
     rpo_alpha: float = 0.0  # NLL weight (TRL's old rpo_alpha): adds rpo_alpha · "sft"
     ld_alpha: float | None = None  # LD-DPO α ∈ [0, 1]; None = off
     use_weighting: bool = False  # WPO
-    discopop_tau: float = 0.05
-    group_size: int | None = None  # aot sorting groups
+    discopop_tau: float = 0.05  # DiscoPOP temperature of the logistic/exponential mix
+    group_size: int | None = None  # aot sorting groups (None = the global batch)
 
     def __post_init__(self):
-        # Lists from a CLI/YAML would make the config unhashable; store tuples.
+        # Lists from a CLI/YAML would make the config unhashable; store tuples ("a,b" from a
+        # command line is two names).
+        if isinstance(self.loss, str) and "," in self.loss:
+            object.__setattr__(self, "loss", tuple(n.strip() for n in self.loss.split(",")))
         if not isinstance(self.loss, str):
             object.__setattr__(self, "loss", tuple(self.loss))
         if self.loss_weights is not None:
@@ -215,16 +223,26 @@ def _nll_chosen(inp: PairLogps, c: _Ctx, loss: str) -> Array:
 
 
 # ----------------------------------------------------------------------------- members
-# Each: (inp, ctx, cfg) -> losses_b. "uses_f": built on the f-divergence reward difference (others
-# reject a non-default f_divergence, as TRL does). "reward": how rewards/* metrics are defined.
+# Each built-in member is a TERM (inp, ctx, cfg) -> losses_b over the shared prepared quantities,
+# registered under its name with: "uses_f" (built on the f-divergence reward difference; others
+# reject a non-default f_divergence, as TRL does), "reward" (how rewards/* metrics are defined)
+# and whether it reads the reference. The registered function is the single-member loss.
 
-_MEMBERS: dict[str, tuple] = {}
+
+def _single(name: str):
+    def fn(inp: PairLogps, cfg: PrefConfig) -> tuple[Array, dict[str, Array]]:
+        return _combine(inp, cfg, ((name, 1.0),))
+
+    fn.__name__ = f"{name}_loss"
+    fn.__doc__ = f"Pairwise loss {name!r} (ignores cfg.loss; honours rpo_alpha, WPO, LD-DPO)."
+    return fn
 
 
-def _member(name: str, uses_f: bool = False, reward: str = "ref"):
-    def deco(fn):
-        _MEMBERS[name] = (fn, uses_f, reward)
-        return fn
+def _member(name: str, uses_f: bool = False, reward: str = "ref", needs_reference: bool = True):
+    def deco(term):
+        register_loss(name, "pair", needs_reference=needs_reference, term=term, uses_f=uses_f,
+                      reward=reward)(_single(name))
+        return term
 
     return deco
 
@@ -316,18 +334,18 @@ def _sigmoid_norm(inp, c, cfg):
     return -jax.nn.log_sigmoid(cfg.beta * h)
 
 
-@_member("sft", uses_f=True)
+@_member("sft", uses_f=True, needs_reference=False)
 def _sft(inp, c, cfg):
     return _nll_chosen(inp, c, "sft")
 
 
-@_member("simpo", reward="avg")
+@_member("simpo", reward="avg", needs_reference=False)
 def _simpo(inp, c, cfg):  # reference-free, length-normalised, target margin γ
     h = c.lp_c / _len(inp, "chosen", "simpo") - c.lp_r / _len(inp, "rejected", "simpo")
     return _smoothed(cfg.beta * (h - cfg.gamma / cfg.beta), cfg.label_smoothing)
 
 
-@_member("cpo", reward="sum")
+@_member("cpo", reward="sum", needs_reference=False)
 def _cpo(inp, c, cfg):  # CPO preference term (add "sft" for its NLL/BC term, TRL's cpo_alpha)
     return _smoothed(cfg.beta * (c.lp_c - c.lp_r), cfg.label_smoothing)
 
@@ -337,7 +355,7 @@ def _log1mexp(x: Array) -> Array:
     return jnp.where(x < -math.log(2.0), jnp.log1p(-jnp.exp(x)), jnp.log(-jnp.expm1(x)))
 
 
-@_member("orpo", reward="avg")
+@_member("orpo", reward="avg", needs_reference=False)
 def _orpo(inp, c, cfg):  # NLL(y_w) − λ·log σ(log odds_w − log odds_l), odds on avg log-probs
     a_c = c.lp_c / _len(inp, "chosen", "orpo")
     a_r = c.lp_r / _len(inp, "rejected", "orpo")
@@ -357,20 +375,15 @@ def _rdpo(inp, c, cfg):  # R-DPO: length-regularised margin
     return -jax.nn.log_sigmoid(cfg.beta * (c.lr_c - c.lr_r) + cfg.alpha * dl.astype(c.lr_c.dtype))
 
 
-PAIR_LOSSES = tuple(_MEMBERS)
-
 # ----------------------------------------------------------------------------- driver
 
 
 def _validate(cfg: PrefConfig, terms) -> None:
-    for name, _ in terms:
-        if name not in _MEMBERS:
-            raise ValueError(f"unknown pairwise loss {name!r}; valid names: {sorted(_MEMBERS)}")
     names = {n for n, _ in terms}
     if cfg.f_divergence not in _F_DIVS:
         raise ValueError(f"f_divergence must be one of {_F_DIVS}, got {cfg.f_divergence!r}")
     if cfg.f_divergence != "reverse_kl":
-        bad = sorted(n for n in names if not _MEMBERS[n][1])
+        bad = sorted(n for n in names if not loss_spec(n, "pair").meta.get("uses_f", False))
         if bad:
             raise ValueError(f"f_divergence={cfg.f_divergence!r} is undefined for {bad}")
     if names & {"robust"} and not 0.0 <= cfg.label_smoothing < 0.5:
@@ -402,18 +415,39 @@ def _metrics(inp: PairLogps, c: _Ctx, cfg: PrefConfig, reward: str) -> dict[str,
     }
 
 
+def _term(name: str, inp: PairLogps, c: _Ctx, cfg: PrefConfig):
+    """(losses_b, reward kind, own metrics or None) of one registered pairwise loss. A loss
+    registered from outside (a plain ``fn(inp, cfg) -> (losses_b, metrics)``) is its own term
+    and keeps its metrics beside the family's."""
+    spec = loss_spec(name, "pair")
+    if "term" in spec.meta:
+        return spec.meta["term"](inp, c, cfg), spec.meta["reward"], None
+    losses_b, metrics = spec.fn(inp, cfg)
+    return losses_b, spec.meta.get("reward", "ref"), metrics
+
+
 def _combine(inp: PairLogps, cfg: PrefConfig, terms) -> tuple[Array, dict[str, Array]]:
     terms = tuple(terms) + ((("sft", cfg.rpo_alpha),) if cfg.rpo_alpha else ())
+    for n, _ in terms:  # unknown names fail here, listing the registered ones
+        loss_spec(n, "pair")
     _validate(cfg, terms)
     c = _prepare(inp, cfg)
-    losses_b = sum(w * _MEMBERS[n][0](inp, c, cfg) for n, w in terms)
+    parts = [_term(n, inp, c, cfg) for n, _ in terms]
+    losses_b = sum(w * lb for (lb, _, _), (_, w) in zip(parts, terms))
     if cfg.use_weighting:
         lw_c = _need(inp.chosen_logw, "chosen_logw", "use_weighting")
         lw_r = _need(inp.rejected_logw, "rejected_logw", "use_weighting")
         losses_b = losses_b * jnp.exp(jax.lax.stop_gradient(lw_c + lw_r))
-    metrics = _metrics(inp, c, cfg, _MEMBERS[terms[0][0]][2])
+    metrics = _metrics(inp, c, cfg, parts[0][1])
+    if parts[0][2] is not None:
+        metrics.update(parts[0][2])
     metrics["loss"] = jax.lax.stop_gradient(losses_b)
     return losses_b, metrics
+
+
+def needs_reference(cfg: PrefConfig) -> bool:
+    """Whether any member of ``cfg.loss`` reads reference log-probs (the rpo_alpha NLL does not)."""
+    return any(loss_spec(n, "pair").needs_reference for n in cfg.loss_names)
 
 
 def preference_loss(inp: PairLogps, cfg: PrefConfig) -> tuple[Array, dict[str, Array]]:
@@ -423,16 +457,3 @@ def preference_loss(inp: PairLogps, cfg: PrefConfig) -> tuple[Array, dict[str, A
     if len(weights) != len(names):
         raise ValueError(f"loss_weights {weights} must match loss {names}")
     return _combine(inp, cfg, tuple(zip(names, weights)))
-
-
-def _single(name: str):
-    def fn(inp: PairLogps, cfg: PrefConfig) -> tuple[Array, dict[str, Array]]:
-        return _combine(inp, cfg, ((name, 1.0),))
-
-    fn.__name__ = f"{name}_loss"
-    fn.__doc__ = f"Pairwise loss {name!r} (ignores cfg.loss; honours rpo_alpha, WPO, LD-DPO)."
-    return fn
-
-
-for _name in PAIR_LOSSES:
-    register_loss(_name, "pair")(_single(_name))

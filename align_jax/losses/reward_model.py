@@ -30,7 +30,7 @@ class RewardLossConfig:
     center_rewards_coefficient: float | None = None  # TRL's default: off
 
 
-@register_loss("bradley_terry", "reward_model")
+@register_loss("bradley_terry", "reward_model", needs_reference=False)
 def bradley_terry_loss(inp: RewardPair, cfg: RewardLossConfig = RewardLossConfig()
                        ) -> tuple[Array, dict[str, tuple[Array, Array]]]:
     diff = inp.chosen - inp.rejected

@@ -24,7 +24,7 @@ exclude empty groups instead, so padding the batch to a multiple of G does not d
 from __future__ import annotations
 
 import dataclasses
-from typing import NamedTuple
+from typing import ClassVar, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -45,12 +45,17 @@ class RPOInputs(NamedTuple):
 
 @dataclasses.dataclass(frozen=True)
 class RPOConfig:
-    variant: str = "paired"  # "paired" | "unpaired" | "diagonal"
-    beta: float = 0.1
+    family: ClassVar[str] = "rpo"  # registry family of the names in `loss`
+    variant: str = "paired"  # "paired" | "unpaired" | "diagonal" (registered as rpo_<variant>)
+    beta: float = 0.1  # β inside the sigmoid
     tau: float = 0.5  # distance temperature of ω
-    group_size: int | None = None  # G; None = the whole batch is one group
-    diag_weight: float = 0.8
-    diagonal_use_weights: bool = False
+    group_size: int | None = None  # G: pairs per contrastive matrix; None = the whole batch
+    diag_weight: float = 0.8  # diagonal variant: weight of the matched pair (DPO) term
+    diagonal_use_weights: bool = False  # diagonal variant: ω-weight the off-diagonal terms too
+
+    @property
+    def loss_names(self) -> tuple[str, ...]:
+        return (f"rpo_{self.variant}",)  # the registered variant
 
 
 def _normalise(e: Array) -> Array:
@@ -125,15 +130,15 @@ def rpo_loss(inp: RPOInputs, cfg: RPOConfig) -> tuple[Array, dict[str, Array]]:
     return loss, metrics
 
 
-def _variant(name: str, variant: str):
+def _variant(name: str, variant: str, data: str = "pairs"):
     def fn(inp: RPOInputs, cfg: RPOConfig) -> tuple[Array, dict[str, Array]]:
         return rpo_loss(inp, dataclasses.replace(cfg, variant=variant))
 
     fn.__name__ = f"{name}_loss"
     fn.__doc__ = f"RPO, {variant} variant (overrides cfg.variant)."
-    return register_loss(name, "rpo")(fn)
+    return register_loss(name, "rpo", data=data)(fn)
 
 
 rpo_paired_loss = _variant("rpo_paired", "paired")
-rpo_unpaired_loss = _variant("rpo_unpaired", "unpaired")
+rpo_unpaired_loss = _variant("rpo_unpaired", "unpaired", data="unpaired")
 rpo_diagonal_loss = _variant("rpo_diagonal", "diagonal")

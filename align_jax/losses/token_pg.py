@@ -3,8 +3,11 @@ surrogate losses of PPO and TRL's GRPOTrainer (``grpo``, ``dr_grpo``, ``dapo``, 
 
 Two registry families (see ``registry``):
 
-* ``"advantage"``       – ``fn(inp: TokenRewards, cfg: AdvantageConfig) -> (adv_bt, metrics)``
-* ``"policy_gradient"`` – ``fn(inp: TokenPGInputs, cfg: TokenPGConfig) -> (loss, metrics)``
+* ``"token_advantage"`` – ``fn(inp: TokenRewards, cfg: AdvantageConfig) -> (adv_bt, metrics)``
+* ``"token_pg"``        – ``fn(inp: TokenPGInputs, cfg: TokenPGConfig) -> (loss, metrics)``
+
+(Separate from ``"advantage"``/``"policy_gradient"`` — RefAlign's per-prompt group advantages and
+sequence-level REINFORCE, ``policy_gradient.py`` — because one family has one signature.)
 
 All arrays are [B, T] over RESPONSE tokens (``mask`` = 1 on real response tokens), the layout
 ``train.logprobs.token_logps`` returns. Advantages may be [B] (one per sequence, broadcast to its
@@ -92,7 +95,7 @@ def discounted_returns(rewards_bt: Array, mask_bt: Array, gamma: float = 1.0) ->
     return jnp.where(m, g.T, 0.0)
 
 
-@register_loss("reward_to_go", "advantage")
+@register_loss("reward_to_go", "token_advantage", needs_reference=False)
 def reward_to_go(inp: TokenRewards,
                  cfg: AdvantageConfig = AdvantageConfig()) -> tuple[Array, Metrics]:
     """Per-token advantages: the discounted reward-to-go G_t (no critic: REINFORCE / GRPO with
@@ -181,7 +184,7 @@ def _finish(loss: Array, mf: Array, metrics: Metrics) -> tuple[Array, Metrics]:
     return loss, metrics
 
 
-@register_loss("grpo", "policy_gradient")
+@register_loss("grpo", "token_pg", needs_reference=False)
 def grpo_loss(inp: TokenPGInputs, cfg: TokenPGConfig = TokenPGConfig()) -> tuple[Array, Metrics]:
     """GRPO: each sequence's token mean, then the mean over sequences (length-biased: a long
     sequence's tokens weigh less)."""
@@ -190,7 +193,7 @@ def grpo_loss(inp: TokenPGInputs, cfg: TokenPGConfig = TokenPGConfig()) -> tuple
     return _finish(loss, mf, m)
 
 
-@register_loss("gspo", "policy_gradient")
+@register_loss("gspo", "token_pg", needs_reference=False)
 def gspo_loss(inp: TokenPGInputs, cfg: TokenPGConfig = TokenPGConfig()) -> tuple[Array, Metrics]:
     """GSPO (arXiv 2507.18071): ``grpo`` with the sequence-level importance ratio
     exp(mean_t log(π/π_old)), whatever ``importance_sampling_level`` says. The paper clips it
@@ -200,14 +203,14 @@ def gspo_loss(inp: TokenPGInputs, cfg: TokenPGConfig = TokenPGConfig()) -> tuple
     return _finish(loss, mf, m)
 
 
-@register_loss("bnpo", "policy_gradient")
+@register_loss("bnpo", "token_pg", needs_reference=False)
 def bnpo_loss(inp: TokenPGInputs, cfg: TokenPGConfig = TokenPGConfig()) -> tuple[Array, Metrics]:
     """BNPO: token mean over the (micro-)batch passed in."""
     per_tok, mf, m = _surrogate(inp, cfg, cfg.importance_sampling_level)
     return _finish(per_tok.sum() / jnp.maximum(mf.sum(), 1.0), mf, m)
 
 
-@register_loss("dr_grpo", "policy_gradient")
+@register_loss("dr_grpo", "token_pg", needs_reference=False)
 def dr_grpo_loss(inp: TokenPGInputs, cfg: TokenPGConfig = TokenPGConfig()) -> tuple[Array, Metrics]:
     """Dr. GRPO (arXiv 2503.20783): token sum / (B · max_completion_length), a constant, so no
     length bias."""
@@ -216,7 +219,7 @@ def dr_grpo_loss(inp: TokenPGInputs, cfg: TokenPGConfig = TokenPGConfig()) -> tu
     return _finish(per_tok.sum() / (mf.shape[0] * L), mf, m)
 
 
-@register_loss("dapo", "policy_gradient")
+@register_loss("dapo", "token_pg", needs_reference=False)
 def dapo_loss(inp: TokenPGInputs, cfg: TokenPGConfig = TokenPGConfig()) -> tuple[Array, Metrics]:
     """DAPO (arXiv 2503.14476): token sum / tokens of the whole generation batch (``num_items``;
     default: this batch's), so micro-batches add up to the full-batch token mean. Pair with
@@ -226,7 +229,7 @@ def dapo_loss(inp: TokenPGInputs, cfg: TokenPGConfig = TokenPGConfig()) -> tuple
     return _finish(per_tok.sum() / jnp.maximum(n, 1.0), mf, m)
 
 
-@register_loss("ppo", "policy_gradient")
+@register_loss("ppo", "token_pg", needs_reference=False)
 def ppo_clip_loss(inp: TokenPGInputs,
                   cfg: TokenPGConfig = TokenPGConfig()) -> tuple[Array, Metrics]:
     """PPO-clip (critic-free): mean over the batch's tokens of max(−A_t·ρ_t, −A_t·clip(ρ_t,

@@ -3,8 +3,9 @@ calibration metrics (ECE, AUROC, Pearson).
 
 The order term rewards a sample for stating a confidence that is ordered like its quality among
 the K samples of the same prompt: R_order_k = mean_{j≠k} sign(q_k − q_j) · (c_k − c_j).
-(ALGORITHMS.md §1 leaves the exact form open [2nd]; this pairwise form is zero when confidences
-are ordered arbitrarily in expectation, positive when they agree with quality.) A response with no
+(docs/methods.md, "Confidence variant": the paper leaves the exact form open; this pairwise
+form is zero when confidences are ordered arbitrarily in expectation, positive when they agree
+with quality.) A response with no
 parsable confidence gets `missing_penalty` instead, so formatting failures are a defined signal,
 not a crash.
 """

@@ -21,6 +21,8 @@ from typing import Callable, Sequence
 
 import numpy as np
 
+from align_jax.rewards.registry import make_scorer, register_scorer
+
 HarmlessScorer = Callable[[Sequence[str], Sequence[str], Sequence[dict]], np.ndarray]
 
 _REFUSAL = re.compile(
@@ -118,31 +120,50 @@ def learned_scorer(prob_safe, over_refusal_penalty: float = 0.5, unit: float = H
     return score
 
 
-def make_harmless_scorer(name: str, *, similarity=None, classifier_path: str | None = None,
-                         classifier_label: int = 0, over_refusal_penalty: float = 0.5,
-                         refusal_unit: float = HARMLESS_UNIT, learned=None,
-                         patterns: float = 0.0, **_) -> HarmlessScorer:
-    """`learned`: a `SafetyClassifier` for `classifier` without a path (trained if None)."""
-    if name == "refusal":
-        return refusal_scorer(over_refusal_penalty, refusal_unit)
-    if name == "contrast":
-        if similarity is None:
-            raise ValueError("harmless scorer 'contrast' needs a similarity scorer")
-        return contrast_scorer(similarity)
-    if name == "classifier" and not classifier_path:
+# The built-in harmless scorers, registered as factories (``align_jax.rewards.registry``); each
+# takes the options ``make_harmless_scorer`` passes and ignores the ones it does not use.
+
+
+@register_scorer("refusal", "harmless")
+def _refusal(*, over_refusal_penalty: float = 0.5, refusal_unit: float = HARMLESS_UNIT, **_):
+    return refusal_scorer(over_refusal_penalty, refusal_unit)
+
+
+@register_scorer("contrast", "harmless")
+def _contrast(*, similarity=None, **_):
+    if similarity is None:
+        raise ValueError("harmless scorer 'contrast' needs a similarity scorer")
+    return contrast_scorer(similarity)
+
+
+@register_scorer("classifier", "harmless", needs_encoder=True)
+def _classifier(*, similarity=None, classifier_path: str | None = None, classifier_label: int = 0,
+                over_refusal_penalty: float = 0.5, refusal_unit: float = HARMLESS_UNIT,
+                learned=None, patterns: float = 0.0, **_):
+    if not classifier_path:
         if learned is None:
             from align_jax.rewards.safety_classifier import train_safety_classifiers
 
             learned = train_safety_classifiers(getattr(similarity, "encoder_pair", None))[0]
         return learned_scorer(learned.prob_safe, over_refusal_penalty, refusal_unit, patterns)
-    if name == "classifier":
-        from align_jax.rewards.classifier import load_sequence_classifier
+    from align_jax.rewards.classifier import load_sequence_classifier
 
-        clf = load_sequence_classifier(classifier_path)
+    clf = load_sequence_classifier(classifier_path)
 
-        def score(prompts, responses, records):
-            texts = [f"{p}\n{y}" for p, y in zip(prompts, responses)]
-            return np.asarray(clf(texts))[:, classifier_label].astype(np.float32)
+    def score(prompts, responses, records):
+        texts = [f"{p}\n{y}" for p, y in zip(prompts, responses)]
+        return np.asarray(clf(texts))[:, classifier_label].astype(np.float32)
 
-        return score
-    raise ValueError(f"unknown harmless scorer {name!r}; choose refusal, contrast or classifier")
+    return score
+
+
+def make_harmless_scorer(name: str, *, similarity=None, classifier_path: str | None = None,
+                         classifier_label: int = 0, over_refusal_penalty: float = 0.5,
+                         refusal_unit: float = HARMLESS_UNIT, learned=None,
+                         patterns: float = 0.0, **_) -> HarmlessScorer:
+    """The registered harmless scorer ``name`` (refusal | contrast | classifier | a user's own).
+    `learned`: a `SafetyClassifier` for `classifier` without a path (trained if None)."""
+    return make_scorer(name, "harmless", similarity=similarity, classifier_path=classifier_path,
+                       classifier_label=classifier_label,
+                       over_refusal_penalty=over_refusal_penalty, refusal_unit=refusal_unit,
+                       learned=learned, patterns=patterns)

@@ -1,4 +1,4 @@
-"""Similarity rewards S(candidate, reference) behind one interface (RefAlign, ALGORITHMS.md §1).
+"""Similarity rewards S(candidate, reference) behind one interface (RefAlign, docs/methods.md).
 
     scorer = make_similarity("bertscore_f1")          # bundled all-MiniLM-L6-v2, last layer
     rewards = scorer(candidates, references)            # np.float32 [B]
@@ -51,6 +51,7 @@ from jax.sharding import NamedSharding, PartitionSpec
 from align_jax.errors import ConfigError
 from align_jax.models.encoder import Encoder, load_encoder
 from align_jax.rewards import text_metrics
+from align_jax.rewards.registry import list_scorers, make_scorer, register_scorer
 
 
 class Scorer(Protocol):
@@ -372,21 +373,26 @@ class TextMetricScorer:
 
 _TEXT = {"meteor": text_metrics.meteor, "rouge_l": text_metrics.rouge_l,
          "bleu": text_metrics.sentence_bleu}
-NAMES = ("bertscore", "bertscore_f1", "bertscore_p", "bertscore_r", "embedding_cosine",
-         *_TEXT)
+
+
+def _register_builtins() -> None:
+    """Every built-in similarity in the scorer registry (``align_jax.rewards.registry``)."""
+    for component in ("f1", "p", "r"):
+        register_scorer(f"bertscore_{component}", "similarity", needs_encoder=True)(
+            lambda c=component, **cfg: BERTScorer(component=c, **cfg))
+    register_scorer("bertscore", "similarity", needs_encoder=True)(BERTScorer)
+    register_scorer("embedding_cosine", "similarity", needs_encoder=True)(EmbeddingCosineScorer)
+    for name, fn in _TEXT.items():
+        register_scorer(name, "similarity")(lambda f=fn, **cfg: TextMetricScorer(f, **cfg))
+
+
+_register_builtins()
+NAMES = tuple(list_scorers("similarity"))
 
 
 def make_similarity(name: str, **cfg) -> Scorer:
-    """Scorer by name. Encoder scorers take model= (dir / cached hub id / None = bundled
-    MiniLM) or encoder=(Encoder, tokenizer) to share one, num_layers=, batch_size=, mesh=,
+    """Scorer by (registered) name. Encoder scorers take model= (dir / cached hub id / None =
+    bundled MiniLM) or encoder=(Encoder, tokenizer) to share one, num_layers=, batch_size=, mesh=,
     compute_dtype=, precision=; BERTScore also idf=, idf_references=, baseline=, component=.
     All take special_tokens= and strip= (see strip_for_scoring)."""
-    if name in ("bertscore_f1", "bertscore_p", "bertscore_r"):
-        return BERTScorer(component=name.rsplit("_", 1)[1], **cfg)
-    if name == "bertscore":
-        return BERTScorer(**cfg)
-    if name == "embedding_cosine":
-        return EmbeddingCosineScorer(**cfg)
-    if name in _TEXT:
-        return TextMetricScorer(_TEXT[name], **cfg)
-    raise ConfigError(f"similarity={name!r}: unknown similarity; expected one of {NAMES}")
+    return make_scorer(name, "similarity", **cfg)

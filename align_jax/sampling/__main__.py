@@ -8,7 +8,8 @@ With several prompts or n > 1 the batch runs in one go and every reply is printe
     python -m align_jax.sampling "Tell me a story" max_new_tokens=256 temperature=0.8 top_p=0.95
     python -m align_jax.sampling "Hi" "Bye" greedy=true model=/path/to/hf_dir seed=3
 
-Keys: see `CliConfig` below (model=None is the bundled SmolLM2-135M-Instruct GGUF).
+Keys: see `CliConfig` below (model=None is the bundled SmolLM2-135M-Instruct GGUF); the sampler's
+are `SamplingConfig`'s (`sampling.top_p=0.9`, or just `top_p=0.9`).
 """
 
 from __future__ import annotations
@@ -16,26 +17,25 @@ from __future__ import annotations
 import dataclasses
 import sys
 import time
+from typing import ClassVar
+
+from align_jax.sampling.sampler import SamplingConfig
 
 
 @dataclasses.dataclass(frozen=True)
 class CliConfig:
+    # the sampler's knobs are SamplingConfig's, also by their bare names (top_p=0.9)
+    SHORT_GROUPS: ClassVar[tuple[str, ...]] = ("sampling",)
+
     model: str | None = None  # HF dir / cached hub id / .gguf; None = offline default policy
-    max_new_tokens: int = 128
-    temperature: float = 0.7
-    top_p: float = 0.9
-    top_k: int = 0
-    min_p: float = 0.0
-    greedy: bool = False
-    n: int = 1
-    seed: int = 0
-    chat_template: bool = True
-    ignore_eos: bool = False
+    # layer scan by default here (unroll_layers=False): a one-off prompt is dominated by compile
+    # time, and the scan compiles ~4x faster than the per-layer CPU decode path
+    sampling: SamplingConfig = SamplingConfig(max_new_tokens=128, temperature=0.7, top_p=0.9,
+                                              unroll_layers=False)
+    seed: int = 0  # random seed of the sampling key
+    chat_template: bool = True  # apply the tokenizer's chat template to each prompt
     chunk: int = 8  # streaming granularity (tokens per decode call)
     mesh: str | None = None  # e.g. "-1,1,1" to shard over all devices
-    # layer scan by default here: a one-off prompt is dominated by compile time, and the scan
-    # compiles ~4x faster than the per-layer CPU decode path (None = the sampler's choice)
-    unroll_layers: bool | None = False
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -55,7 +55,7 @@ def main(argv: list[str] | None = None) -> int:
     import numpy as np
 
     from align_jax.models import load_causal_lm
-    from align_jax.sampling.sampler import (SamplingConfig, _pad_lists, decode_responses,
+    from align_jax.sampling.sampler import (_pad_lists, decode_responses,
                                             prompt_token_ids, generate, stream_generate,
                                             tokenizer_defaults)
     from align_jax.sharding import make_mesh
@@ -65,16 +65,13 @@ def main(argv: list[str] | None = None) -> int:
     if tok is None:
         raise ConfigError(f"{cfg.model}: no tokenizer files next to the weights")
     mesh = make_mesh(cfg.mesh) if cfg.mesh else None
-    scfg = tokenizer_defaults(model, tok, SamplingConfig(
-        max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature, top_k=cfg.top_k,
-        top_p=cfg.top_p, min_p=cfg.min_p, greedy=cfg.greedy, n=cfg.n, ignore_eos=cfg.ignore_eos,
-        unroll_layers=cfg.unroll_layers))
+    scfg = tokenizer_defaults(model, tok, cfg.sampling)
     ids, mask = _pad_lists(prompt_token_ids(tok, prompts, cfg.chat_template), scfg.pad_token_id)
     key = jax.random.key(cfg.seed)
     print(f"[loaded in {time.perf_counter() - t0:.1f}s]", file=sys.stderr, flush=True)
 
     t0 = time.perf_counter()
-    if len(prompts) == 1 and cfg.n == 1:
+    if len(prompts) == 1 and scfg.n == 1:
         shown, out = "", None
         for out in stream_generate(model, ids, mask, key, scfg, mesh=mesh, chunk=cfg.chunk):
             text = decode_responses(tok, out)[0]
@@ -86,7 +83,7 @@ def main(argv: list[str] | None = None) -> int:
     else:
         out = jax.device_get(generate(model, ids, mask, key, scfg, mesh=mesh))
         for r, text in enumerate(decode_responses(tok, out)):
-            head = f"--- prompt {r // cfg.n}" + (f", sample {r % cfg.n}" if cfg.n > 1 else "")
+            head = f"--- prompt {r // scfg.n}" + (f", sample {r % scfg.n}" if scfg.n > 1 else "")
             print(f"{head} ---\n{text}")
     n_tok = int(np.sum(out.lengths))
     dt = time.perf_counter() - t0

@@ -62,19 +62,19 @@ class SamplingConfig:
       the scan. Prefill always scans.
     """
 
-    max_new_tokens: int = 64
-    temperature: float = 1.0
-    top_k: int = 0
-    top_p: float = 1.0
-    min_p: float = 0.0
-    greedy: bool = False
-    n: int = 1
-    eos_token_ids: tuple[int, ...] | None = None
-    stop_token_ids: tuple[int, ...] = ()
-    ignore_eos: bool = False
-    prompt_bucket: int = 32
-    pad_token_id: int | None = None
-    unroll_layers: bool | None = None
+    max_new_tokens: int = 64  # new tokens per sampled response
+    temperature: float = 1.0  # sampling temperature (0 = greedy)
+    top_k: int = 0  # keep the k most likely tokens (0 = off)
+    top_p: float = 1.0  # nucleus sampling threshold (1.0 = off)
+    min_p: float = 0.0  # drop tokens below min_p × the top probability (0 = off)
+    greedy: bool = False  # argmax decoding
+    n: int = 1  # samples per prompt (the online methods sample their objective's k instead)
+    eos_token_ids: tuple[int, ...] | None = None  # None = the model config's; () = no EOS
+    stop_token_ids: tuple[int, ...] = ()  # extra ids that end a row
+    ignore_eos: bool = False  # EOS does not end a row (generate to full length)
+    prompt_bucket: int = 32  # prompt lengths are padded up to a multiple of this (fewer compiles)
+    pad_token_id: int | None = None  # fills tokens after a row stops; None = model pad / EOS / 0
+    unroll_layers: bool | None = None  # per-layer decode path; None = on for CPU devices
 
     def __post_init__(self):
         for name in ("eos_token_ids", "stop_token_ids"):
@@ -82,6 +82,10 @@ class SamplingConfig:
             if v is not None and not isinstance(v, tuple):
                 v = (int(v),) if isinstance(v, (int, np.integer)) else tuple(int(i) for i in v)
                 object.__setattr__(self, name, v)
+
+    def check(self) -> None:
+        """Values the sampler cannot run with (checked when sampling starts, so that a config
+        parsed from a command line reaches ``sanity.check_config``, which names the key)."""
         checks = [
             (self.max_new_tokens >= 1, "max_new_tokens must be >= 1"),
             (self.temperature >= 0, "temperature must be >= 0"),
@@ -329,6 +333,7 @@ class _Run:
     """Shared set-up of generate / stream_generate: bucketing, repeat, placement, compile."""
 
     def __init__(self, model, prompt_ids, prompt_mask, key, cfg: SamplingConfig, mesh):
+        cfg.check()
         graphdef, state = nnx.split(model)
         eos, pad = _resolve_ids(model.cfg, cfg)
         ids, mask = left_pad(prompt_ids, prompt_mask, cfg.prompt_bucket, pad)

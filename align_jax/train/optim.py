@@ -9,6 +9,7 @@ whatever k is.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import re
 from typing import Callable, NamedTuple
@@ -20,6 +21,23 @@ import optax
 # Parameters whose leaf name matches this are not weight-decayed (HF Trainer's convention: norms
 # and biases are excluded; embeddings and matrices are decayed).
 NO_DECAY_PATTERN = r"(.*norm.*|b[qkvo]|b_gate|b_up|b_down|bias)"
+
+
+@dataclasses.dataclass(frozen=True)
+class OptimConfig:
+    """The optimizer knobs, declared once; every loop and experiment nests this."""
+
+    name: str = "adamw"  # adamw | adafactor | rmsprop | sgd
+    lr: float = 1e-5  # peak learning rate
+    schedule: str = "constant"  # cosine | linear | constant (decays over the run's steps)
+    warmup_steps: int = 0  # linear warm-up updates
+    weight_decay: float = 0.0  # decoupled weight decay
+    grad_clip: float | None = 1.0  # global gradient-norm clip; None = off
+    grad_accum: int = 1  # micro-batches averaged per optimizer update
+
+    def make(self, total_steps: int) -> "Optimizer":
+        return make_optimizer(self.name, self.lr, self.schedule, self.warmup_steps, total_steps,
+                              self.weight_decay, self.grad_clip, self.grad_accum)
 
 
 class Optimizer(NamedTuple):

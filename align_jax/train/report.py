@@ -144,9 +144,9 @@ def fmt_metrics(m: Mapping[str, float]) -> str:
 
 
 def summary_table(before: Mapping[str, float], after: Mapping[str, float]) -> str:
-    """Markdown: metric | before | after."""
+    """Markdown: metric | before | after (timing and token counts left out)."""
     lines = ["| metric | before | after |", "|---|---|---|"]
-    for k in before:
+    for k in (k for k in before if not k.startswith(("time", "tokens/"))):
         lines.append(f"| {k} | {before[k]:.4f} | {after.get(k, float('nan')):.4f} |")
     return "\n".join(lines) + "\n"
 

@@ -21,7 +21,7 @@ def main(out: str | None = None) -> Path:
     import jax
 
     from align_jax.algorithms import refalign as ra
-    from align_jax.algorithms.online_loop import as_record
+    from align_jax.data import as_record
     from align_jax.data.bundled import BUNDLED_DIR, load_bundled
     from align_jax.models import load_causal_lm
     from align_jax.rewards.safety import refusal_score
