@@ -99,25 +99,37 @@ def test_random_selector_is_seeded_and_names_are_checked():
 # ----------------------------------------------------------------------------- implicit margin
 
 
-def plain_avg_lp(model, tok, prompt, response):
-    """Oracle: one unpadded row of the same templated text, log_softmax by hand."""
+def plain_ids(tok, prompt, response):
+    """The templated, truncated text of one row, built by hand (no batching, no padding)."""
     p = tok(render_prompt(tok, prompt, TCFG), add_special_tokens=False)["input_ids"]
     p = p[-TCFG.max_prompt_len:]
     r = (tok(response, add_special_tokens=False)["input_ids"] + [tok.eos_token_id])
-    r = r[:TCFG.max_completion_len]
-    ids = jnp.asarray([p + r], jnp.int32)
-    logp = jax.nn.log_softmax(model(ids)[0].astype(jnp.float32), -1)
-    return float(np.mean([logp[len(p) + j - 1, r[j]] for j in range(len(r))]))
+    return p, r[:TCFG.max_completion_len]
 
 
 def test_implicit_margin_matches_plain_forward(tiny):
+    """Oracle: log_softmax of plain forwards; rows of one length share an unpadded batch."""
     model, tok, pairs = tiny
     out = ap_margins.compute_avg_logps(model, tok, pairs, TCFG, batch_size=4, progress=False)
-    for i, p in enumerate(pairs):
-        np.testing.assert_allclose(out["avg_lp_chosen"][i], plain_avg_lp(model, tok, p.prompt,
-                                                                         p.chosen), atol=2e-5)
-        np.testing.assert_allclose(out["avg_lp_rejected"][i],
-                                   plain_avg_lp(model, tok, p.prompt, p.rejected), atol=2e-5)
+    rows = [(i, side, *plain_ids(tok, p.prompt, getattr(p, side)))
+            for i, p in enumerate(pairs) for side in ("chosen", "rejected")]
+    graphdef, state = nnx.split(model)
+
+    @jax.jit
+    def fwd(st, ids):
+        return jax.nn.log_softmax(nnx.merge(graphdef, st)(ids).astype(jnp.float32), -1)
+
+    by_len = {}
+    for row in rows:
+        by_len.setdefault(len(row[2]) + len(row[3]), []).append(row)
+    checked = 0
+    for group in by_len.values():
+        logp = np.asarray(fwd(state, jnp.asarray([p + r for _, _, p, r in group], jnp.int32)))
+        for b, (i, side, p, r) in enumerate(group):
+            want = np.mean([logp[b, len(p) + j - 1, r[j]] for j in range(len(r))])
+            np.testing.assert_allclose(out[f"avg_lp_{side}"][i], want, atol=2e-5)
+            checked += 1
+    assert checked == 2 * len(pairs)
 
 
 def test_selection_independent_of_batch_size_and_mesh(tiny):
