@@ -1,6 +1,7 @@
 """The runnable experiment files (`experiments/*.py`), found by glob so that a new one is covered by
-every test that iterates over them; their Config classes (imported from the file path); the tiny
-settings and the environment the subprocess tests start them with."""
+every test that iterates over them (the NOT_TRAINING tools have their own); their Config classes
+(imported from the file path); the tiny settings and the environment the subprocess tests start
+them with."""
 import importlib.util
 import os
 import sys
@@ -9,7 +10,9 @@ from pathlib import Path
 from align_jax.cli import config_keys
 
 REPO = Path(__file__).resolve().parents[1]
-EXPERIMENTS = sorted(REPO.glob("experiments/*.py"))
+# Experiment files that train nothing (no steps, checkpoints or resume): each has its own tests.
+NOT_TRAINING = {"ap_select"}  # tests/test_selection.py
+EXPERIMENTS = sorted(p for p in REPO.glob("experiments/*.py") if p.stem not in NOT_TRAINING)
 
 # Size knobs set wherever an experiment's Config has them (seconds per run on 2 CPU cores with
 # the default SmolLM2 policy); everything else keeps the default the user gets.

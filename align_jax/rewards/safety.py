@@ -26,7 +26,8 @@ from align_jax.rewards.registry import make_scorer, register_scorer
 HarmlessScorer = Callable[[Sequence[str], Sequence[str], Sequence[dict]], np.ndarray]
 
 _REFUSAL = re.compile(
-    r"\b(i can(?:'|no)t|i cannot|i won'?t|i will not|i'm not able|i am not able|unable to help|"
+    r"\b(i can(?:'|no)t|i cannot|i won'?t|i will not|i'm not able|i am not able|"
+    r"(?:i'm|i am) unable to|unable to (?:help|assist|provide)|"
     r"can't help|cannot help|can't assist|cannot assist|not (?:able|going) to (?:help|provide|assist)|"
     r"i must decline|i'm sorry|i am sorry|against (?:the law|my guidelines)|not appropriate|"
     r"(?:is|be|are) (?:illegal|harmful|dangerous|unsafe|unethical)|instead,? (?:i|you|consider)|"

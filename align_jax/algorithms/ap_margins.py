@@ -1,0 +1,170 @@
+"""The two margins of alignment potential (ALGORITHMS.md §4): the implicit margin of the model
+about to be trained, as one jitted, sharded pass over the whole dataset cached on disk, and the
+explicit margin from a spec (``dataset`` | ``rm:PATH`` | ``sim:NAME`` | ``auto``).
+
+Implicit margin. Pairs are tokenised by ``data.tokenize.pair_batch`` — the function preference
+training batches pairs with — under the SAME ``TokenizeConfig`` (chat template, TRL truncation,
+EOS), so avg_lp is the per-token mean over exactly the response tokens training scores. The
+pass is length-bucketed: pairs are sorted by token length and cut into batches of one fixed
+size (rounded up to the data-parallel shards; the last batch is filled with repeats that are
+dropped), each padded to its own multiple of ``pad_multiple`` — few shapes, few compiles, no
+long padding on short pairs. Right padding never changes a log-prob, so the values do not
+depend on the batching; the cache key therefore leaves batch size / mesh out and holds the
+model weights + config, the tokenizer (vocab, template, specials), the pairs and the tokenise
+config. The cache is ``reference_cache.cached_arrays`` (atomic writes, multi-host agreement).
+"""
+from __future__ import annotations
+
+import dataclasses
+import functools
+import hashlib
+import json
+from typing import Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from align_jax.algorithms.reference_cache import (CacheResult, cached_arrays, host_array,
+                                                  model_fingerprint)
+from align_jax.data import selection
+from align_jax.data.pref_data import examples_fingerprint, tokenizer_fingerprint
+from align_jax.data.schemas import PreferencePair
+from align_jax.data.tokenize import TokenizeConfig, encode_prompts, encode_responses, pair_batch
+from align_jax.errors import ConfigError
+from align_jax.sharding import place_batch, use_mesh
+from align_jax.train.logprobs import sequence_logps
+
+CACHE_VERSION = "align_jax.ap_implicit.v1"
+AUTO_SIMILARITY = "embedding_cosine"  # explicit=auto on data without scores (bundled MiniLM)
+
+
+@functools.lru_cache(maxsize=8)
+def _avg_lp_jit(graphdef, chunk_size, mesh):
+    """avg log-prob of chosen and rejected rows of a pair batch, in ONE [2B, T] forward."""
+
+    def fn(state, batch):
+        model = nnx.merge(graphdef, state)
+        cat = {k: jnp.concatenate([batch[f"chosen_{k}"], batch[f"rejected_{k}"]], 0)
+               for k in ("input_ids", "attention_mask", "loss_mask")}
+        with use_mesh(mesh):
+            s = sequence_logps(model, cat["input_ids"], cat["attention_mask"], cat["loss_mask"],
+                               chunk_size=chunk_size)
+        b = batch["chosen_input_ids"].shape[0]
+        return s.mean_b[:b], s.mean_b[b:]
+
+    return jax.jit(fn)
+
+
+def _shards(mesh) -> int:
+    return 1 if mesh is None else int(np.prod([mesh.shape[a] for a in ("data", "fsdp")]))
+
+
+def length_buckets(lengths: Sequence[int], batch_size: int) -> list[np.ndarray]:
+    """Dataset indices sorted by length (stable) and cut into batches of exactly
+    ``batch_size``; the last one is filled with repeats of its last index."""
+    order = np.argsort(np.asarray(lengths), kind="stable")
+    out = []
+    for s in range(0, len(order), batch_size):
+        idx = order[s:s + batch_size]
+        out.append(np.concatenate([idx, np.full(batch_size - len(idx), idx[-1])]))
+    return out
+
+
+def compute_avg_logps(model, tokenizer, pairs: Sequence[PreferencePair],
+                      tok_cfg: TokenizeConfig = TokenizeConfig(), *, batch_size: int = 8,
+                      mesh=None, chunk_size: int | None = None, progress: bool = True
+                      ) -> dict[str, np.ndarray]:
+    """``avg_lp_chosen`` / ``avg_lp_rejected`` [N] float32 in dataset order (no cache)."""
+    if not pairs:
+        raise ConfigError("the implicit margin needs at least one pair")
+    prompts = encode_prompts(tokenizer, [p.prompt for p in pairs], tok_cfg)
+    longest = [max(len(c), len(r)) for c, r in zip(
+        encode_responses(tokenizer, [p.chosen for p in pairs], tok_cfg),
+        encode_responses(tokenizer, [p.rejected for p in pairs], tok_cfg))]
+    shards, pc, pi = _shards(mesh), jax.process_count(), jax.process_index()
+    bs = -(-max(batch_size, 1) // shards) * shards
+    if bs % pc:
+        raise ConfigError(f"implicit-margin batch {bs} must divide by the process count {pc}")
+    graphdef, state = nnx.split(model)
+    fn = _avg_lp_jit(graphdef, chunk_size, mesh)
+    batches = length_buckets([len(p) + n for p, n in zip(prompts, longest)], bs)
+    bar = None
+    if progress and pi == 0:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=len(pairs), desc="implicit margin", unit="pair", dynamic_ncols=True)
+    c = np.zeros(len(pairs), np.float32)
+    r = np.zeros(len(pairs), np.float32)
+    for idx in batches:
+        # the whole global batch is tokenised (one padded T on every host), then each host
+        # places its own share of the rows
+        batch = pair_batch(tokenizer, [pairs[int(i)] for i in idx], tok_cfg)
+        share = slice(pi * (bs // pc), (pi + 1) * (bs // pc))
+        lc, lr = fn(state, place_batch({k: v[share] for k, v in batch.items()}, mesh))
+        c[idx], r[idx] = host_array(lc), host_array(lr)  # repeats write the same value again
+        if bar is not None:
+            bar.update(len(np.unique(idx)))
+    if bar is not None:
+        bar.close()
+    return {"avg_lp_chosen": c, "avg_lp_rejected": r}
+
+
+def implicit_cache_key(model, tokenizer, pairs, tok_cfg: TokenizeConfig) -> str:
+    parts = {"version": CACHE_VERSION, "model": model_fingerprint(model),
+             "tokenizer": tokenizer_fingerprint(tokenizer), "pairs": examples_fingerprint(pairs),
+             "tok_cfg": dataclasses.asdict(tok_cfg)}
+    return hashlib.blake2b(json.dumps(parts, sort_keys=True, default=str).encode(),
+                           digest_size=16).hexdigest()
+
+
+def implicit_margins(model, tokenizer, pairs: Sequence[PreferencePair],
+                     tok_cfg: TokenizeConfig = TokenizeConfig(), *, batch_size: int = 8,
+                     mesh=None, chunk_size: int | None = None, cache_dir=None,
+                     use_cache: bool = True, progress: bool = True) -> CacheResult:
+    """Avg log-probs of every pair from ``<cache_dir>/ap-implicit-<key>.npz`` or computed once;
+    ``arrays["margin_implicit"]`` = |avg_lp_chosen − avg_lp_rejected| [N]."""
+    res = cached_arrays(
+        "ap-implicit", implicit_cache_key(model, tokenizer, pairs, tok_cfg),
+        lambda: compute_avg_logps(model, tokenizer, pairs, tok_cfg, batch_size=batch_size,
+                                  mesh=mesh, chunk_size=chunk_size, progress=progress),
+        cache_dir=cache_dir, use_cache=use_cache, num_examples=len(pairs),
+        meta={"num_examples": len(pairs)})
+    a = res.arrays
+    a["margin_implicit"] = np.abs(a["avg_lp_chosen"] - a["avg_lp_rejected"])
+    return res
+
+
+# ----------------------------------------------------------------------------- explicit margin
+
+
+def resolve_explicit(spec: str, records) -> str:
+    """``auto``: the dataset's own scores when every record has them, else a similarity scorer."""
+    if spec != "auto":
+        return spec
+    return "dataset" if selection.has_dataset_scores(records) else f"sim:{AUTO_SIMILARITY}"
+
+
+def explicit_margins(spec: str, pairs: Sequence[PreferencePair], records, *,
+                     reference_field: str = "reference", mesh=None) -> np.ndarray:
+    """m_ex [N] float64 from ``dataset`` (score_chosen − score_rejected), ``rm:PATH`` (a reward
+    model's scores of both responses) or ``sim:NAME`` (any registered similarity scorer of each
+    response against ``reference_field``)."""
+    if spec == "dataset":
+        return selection.dataset_margins(records)
+    kind, _, arg = spec.partition(":")
+    if kind == "rm" and arg:
+        from align_jax.data.schemas import prompt_text
+        from align_jax.rewards.reward_model import load_reward_model
+
+        rm = load_reward_model(arg, mesh=mesh)
+        # the reward model renders (prompt, response) itself; it takes the prompt as text
+        prompts = [prompt_text(p.prompt) for p in pairs]
+        return selection.pair_score_margins(lambda cand, pr: rm(pr, cand), pairs, prompts)
+    if kind == "sim" and arg:
+        from align_jax.rewards.similarity import make_similarity
+
+        refs = selection.references(pairs, records, reference_field)
+        return selection.pair_score_margins(make_similarity(arg), pairs, refs)
+    raise ConfigError(f"explicit={spec!r}: expected auto, dataset, rm:PATH or sim:NAME")
