@@ -9,7 +9,7 @@ import pytest
 import torch
 import transformers
 from flax import nnx
-from tokenizers import Tokenizer, models, pre_tokenizers
+from _word_tokenizer import word_tokenizer
 
 from align_jax.algorithms import refalign as ra
 from align_jax.algorithms.online_loop import OnlineLoopConfig, train_online
@@ -29,12 +29,7 @@ TEMPLATE = ("{% for m in messages %}<{{ m['role'] }}> {{ m['content'] }} {% endf
 
 
 def tiny_tokenizer():
-    tk = Tokenizer(models.WordLevel(VOCAB, unk_token="[PAD]"))
-    tk.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
-    tok = transformers.PreTrainedTokenizerFast(tokenizer_object=tk, eos_token="</s>",
-                                               pad_token="[PAD]")
-    tok.chat_template = TEMPLATE
-    return tok
+    return word_tokenizer(VOCAB, TEMPLATE)
 
 
 def tiny_cfg(**kw):

@@ -10,9 +10,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-import transformers
 from flax import nnx
-from tokenizers import Tokenizer, models, pre_tokenizers
+from _word_tokenizer import word_tokenizer
 
 from _experiment_files import REPO, load_module
 from align_jax.algorithms import ap_margins
@@ -31,12 +30,7 @@ TCFG = TokenizeConfig(max_prompt_len=6, max_completion_len=5, pad_multiple=4)
 
 
 def tiny_tokenizer():
-    tk = Tokenizer(models.WordLevel(VOCAB, unk_token="[PAD]"))
-    tk.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
-    tok = transformers.PreTrainedTokenizerFast(tokenizer_object=tk, eos_token="</s>",
-                                               pad_token="[PAD]")
-    tok.chat_template = TEMPLATE
-    return tok
+    return word_tokenizer(VOCAB, TEMPLATE)
 
 
 def tiny_model(seed=0):
