@@ -82,7 +82,8 @@ def main() -> None:
     import transformers
 
     from align_jax.data import load_bundled
-    from align_jax.rewards.reward_model import bucket_length, encode_pairs, load_reward_model
+    from align_jax.data.tokenize import pow2_bucket
+    from align_jax.rewards.reward_model import encode_pairs, load_reward_model
 
     pairs = load_bundled("preference", split="train")
     prompts = [p.prompt for p in pairs for _ in (0, 1)]
@@ -121,7 +122,7 @@ def main() -> None:
     diff = np.abs(ours.score_ids(seqs)[order, 0] - theirs_scores).max()
 
     n = len(seqs)
-    buckets = sorted({bucket_length(len(g[-1])) for g in groups})
+    buckets = sorted({pow2_bucket(len(g[-1])) for g in groups})
     name = Path(src).name if args.model else "tiny llama" if args.tiny else "SmolLM2-135M"
     print(f"reward model {name}, {n} pairs, batch {args.batch_size}, length buckets {buckets}; "
           f"jax {jax.__version__} on {jax.devices()[0].platform}, torch {torch.__version__} "

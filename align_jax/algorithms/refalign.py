@@ -43,6 +43,9 @@ class RefAlignConfig:
     # signal, so "refuse everything" is never pushed back on benign prompts once it is learnt.
     component_advantage: tuple[str, ...] = ()
 
+    def __post_init__(self):  # a typo fails when the config is built, not after the first eval
+        component_advantage_methods(self.component_advantage)
+
 
 @dataclasses.dataclass
 class Rollout:

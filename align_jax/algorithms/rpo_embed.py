@@ -24,6 +24,7 @@ from flax import nnx
 
 from align_jax.algorithms.reference_cache import CacheResult, cached_arrays, params_fingerprint
 from align_jax.data.pref_data import combine_digest, tokenizer_fingerprint
+from align_jax.data.tokenize import pow2_bucket
 
 POOLING = "mean_l2"
 
@@ -40,10 +41,6 @@ def mean_pool_l2(h_btd, mask_bt):
     m = mask_bt.astype(jnp.float32)[..., None]
     e = jnp.sum(h_btd.astype(jnp.float32) * m, axis=1) / jnp.maximum(m.sum(1), 1.0)
     return e * jax.lax.rsqrt(jnp.maximum(jnp.sum(e * e, -1, keepdims=True), 1e-24))
-
-
-def _bucket(n: int, lo: int = 16) -> int:
-    return max(lo, 1 << max(0, n - 1).bit_length())
 
 
 def embed_texts(texts: Sequence[str], encoder=None, tokenizer=None, *, batch_size: int = 32,
@@ -75,8 +72,8 @@ def embed_texts(texts: Sequence[str], encoder=None, tokenizer=None, *, batch_siz
     out = np.zeros((len(uniq), encoder.config.hidden_size), np.float32)
     for s in range(0, len(uniq), batch_size):
         chunk = ids[s:s + batch_size]
-        t = min(_bucket(max(len(x) for x in chunk)), max_length)
-        b = _bucket(len(chunk), 1)  # few distinct shapes → few compiles
+        t = min(pow2_bucket(max(len(x) for x in chunk)), max_length)
+        b = pow2_bucket(len(chunk), 1)  # few distinct shapes → few compiles
         ids_bt = np.full((b, t), pad, np.int32)
         mask_bt = np.zeros((b, t), np.int32)
         for i, x in enumerate(chunk):

@@ -49,6 +49,12 @@ class TokenizeConfig:
     max_responses: int | None = None  # ranked batches: pad K to this (fixed shape) if set
 
 
+def pow2_bucket(n: int, minimum: int = 16) -> int:
+    """Smallest power of two >= n, at least ``minimum``: padded shapes (lengths, batch rows) from
+    a few sizes, so a jitted function compiles a few times, not once per input."""
+    return max(minimum, 1 << max(0, int(n) - 1).bit_length())
+
+
 def round_up(n: int, multiple: int) -> int:
     """Smallest positive multiple of ``multiple`` that is >= n (never 0: no empty axes)."""
     multiple = max(1, int(multiple))

@@ -28,6 +28,8 @@ import jax
 import numpy as np
 from flax import nnx
 
+from align_jax.data.tokenize import pow2_bucket
+
 DECODER_TYPES = ("llama", "mistral", "qwen2", "qwen3", "gemma2", "gemma3_text", "phi3")
 
 
@@ -50,10 +52,6 @@ def encode_pairs(tokenizer, prompts: Sequence[str], responses: Sequence[str],
     templated = bool(getattr(tokenizer, "chat_template", None))  # the template holds its specials
     ids = tokenizer(texts, add_special_tokens=not templated)["input_ids"]
     return [list(map(int, x[-max_length:] if max_length else x)) for x in ids]
-
-
-def bucket_length(n: int, minimum: int = 16) -> int:
-    return max(minimum, 1 << max(0, n - 1).bit_length())
 
 
 def pad_rows(seqs: Sequence[Sequence[int]], length: int, pad_id: int, rows: int | None = None):
@@ -107,7 +105,7 @@ class DecoderRewardModel:
         for s in starts:
             idx = order[s:s + self.batch_size]
             chunk = [seqs[i] for i in idx]
-            ids, mask = pad_rows(chunk, bucket_length(max(len(x) for x in chunk)), self.pad_id,
+            ids, mask = pad_rows(chunk, pow2_bucket(max(len(x) for x in chunk)), self.pad_id,
                                  self.batch_size)
             b = place_batch({"ids": ids, "mask": mask}, self.mesh)
             out[idx] = np.asarray(self._scores(self._state, b["ids"], b["mask"]))[:len(idx)]
