@@ -22,6 +22,7 @@ from align_jax.algorithms.online_loop import OnlineLoopConfig, train_online
 from align_jax.algorithms.preference import (TrainConfig, attach_reference, load_policy,
                                              train_preference)
 from align_jax.algorithms.refalign import RefAlignConfig
+from align_jax.algorithms.sft import SFTConfig, warm_up
 from align_jax.cli import config_dict
 from align_jax.data import as_record, load_bundled, load_examples, load_report
 from align_jax.data.pref_data import PrefData
@@ -153,6 +154,8 @@ class OnlineExperiment:
     optim: OptimConfig = OptimConfig(lr=2e-5)
     loop: OnlineLoopConfig = OnlineLoopConfig(steps=30, prompts_per_step=4, save_every=10,
                                               kl_every=5)
+    # supervised warm-up on the references before the on-policy method (sft.steps=N; 0 = none)
+    sft: SFTConfig = SFTConfig()
     eval_prompts: int = 24
     mesh: str = "-1,1,1"
     out_dir: str | None = None
@@ -163,8 +166,14 @@ def train_between_evals(cfg: OnlineExperiment, run_dir: Path, policy, tokenizer,
                         reward_fn, held_out: Callable, *, mesh=None, label: str,
                         objective=None) -> tuple[dict, Any, dict]:
     """(before, trained policy, after): the held-out evaluation of the initial policy (kept when
-    the run resumes), the on-policy training in the one loop, the evaluation of the result."""
+    the run resumes), the supervised warm-up if ``cfg.sft.steps`` (in ``<run>/sft``, evaluated
+    into ``eval_sft.json``), the on-policy training in the one loop, the evaluation of the
+    result."""
     before = evaluate_before(run_dir, lambda: held_out(policy))
+    if cfg.sft.steps:
+        policy = warm_up(policy, tokenizer, records, cfg.sft, run_dir / "sft", mesh=mesh)
+        after_sft = eval_once(run_dir / "eval_sft.json", lambda: held_out(policy))
+        print("[align_jax] after the warm-up:", report.fmt_metrics(after_sft["metrics"]))
     policy, _ = train_online(policy, tokenizer, records, reward_fn, rcfg=cfg.objective,
                              sampling=cfg.sampling, optim=cfg.optim, loop=cfg.loop,
                              run_dir=run_dir, mesh=mesh, objective=objective, label=label)

@@ -34,6 +34,7 @@ from align_jax import experiment as ex  # noqa: E402
 from align_jax.algorithms.online_loop import OnlineLoopConfig  # noqa: E402
 from align_jax.algorithms.refalign import RefAlignConfig  # noqa: E402
 from align_jax.algorithms.refalign_eval import evaluate  # noqa: E402
+from align_jax.algorithms.sft import SFTConfig  # noqa: E402
 from align_jax.cli import parse_overrides, run_main  # noqa: E402
 from align_jax.data import as_record, prompt_text  # noqa: E402
 from align_jax.models import load_causal_lm  # noqa: E402
@@ -71,6 +72,9 @@ class Config(ex.OnlineExperiment):
     optim: OptimConfig = OptimConfig(lr=4e-4, grad_clip=1.0)
     loop: OnlineLoopConfig = OnlineLoopConfig(steps=30, prompts_per_step=4, save_every=10,
                                               kl_every=5)
+    # supervised warm-up on the safe / helpful references first (see docs/methods.md)
+    sft: SFTConfig = SFTConfig(steps=80, batch_size=8, optim=OptimConfig(lr=4e-4, grad_clip=1.0,
+                                                                         schedule="cosine"))
     eval_prompts: int = 30  # the whole bundled held-out split (18 risky, 12 benign)
     eval_max_new_tokens: int = 48
     seeds: tuple[int, ...] = ()  # e.g. 0,1,2: one run per seed + seeds.md (mean ± sd)

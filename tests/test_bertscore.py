@@ -175,3 +175,30 @@ def test_make_similarity_interface():
         make_similarity("bertscore_xyz")
     with pytest.raises(ValueError, match="candidates"):
         make_similarity("rouge_l")(["a"], [])
+
+
+def test_reference_cache_gives_the_same_scores_and_encodes_each_text_once(encoder, raw_prf):
+    """RefAlign-shaped calls: K=4 samples per reference, the same references every step."""
+    scorer = BERTScorer(encoder=encoder, num_layers=6)
+    cands, refs = CANDS[:16], [r for r in REFS[:4] for _ in range(4)]
+    uncached = np.stack(BERTScorer(encoder=encoder, num_layers=6, cache_mb=0).prf(cands, refs))
+    first = np.stack(scorer.prf(cands, refs))
+    assert scorer.encoded_texts == 16 + 4  # the 4 distinct references once each
+    second = np.stack(scorer.prf(cands, refs))
+    assert scorer.encoded_texts == 20 + 16  # step 2: only the new candidates
+    assert scorer.cache.hits >= 4 and len(scorer.cache) == 4
+    np.testing.assert_array_equal(first, uncached)
+    np.testing.assert_array_equal(second, first)
+    # pairs scored in any grouping equal the one-batch oracle scores of the same pairs
+    np.testing.assert_allclose(np.stack(scorer.prf(CANDS[:4], REFS[:4])), raw_prf[:, :4],
+                               atol=1e-5)
+
+
+def test_embedding_cache_is_bounded():
+    from align_jax.rewards.similarity import EmbeddingCache
+
+    cache = EmbeddingCache(max_mb=3 * 1600 / 2 ** 20)  # room for three [100, 4] float32 arrays
+    for i in range(5):
+        cache.put((i,), np.zeros((100, 4), np.float32))  # 1600 bytes each; 4800 allowed
+    assert len(cache) == 3 and cache.get((0,)) is None and cache.get((4,)) is not None
+    assert cache.bytes <= cache.max_bytes

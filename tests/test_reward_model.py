@@ -118,6 +118,11 @@ def test_scorer_api_matches_transformers(template, tmp_path):
     got = rm(PROMPTS, RESPONSES)
     assert got.dtype == np.float32 and got.shape == (len(PROMPTS),)
     np.testing.assert_allclose(got, want, atol=1e-4)
+    # repeated pairs are scored once and get the same numbers back, in place
+    rm.scored_rows = 0
+    twice = rm(list(PROMPTS) * 2, list(RESPONSES) * 2)
+    np.testing.assert_allclose(twice, np.concatenate([got, got]), atol=1e-6)
+    assert rm.scored_rows == len(set(zip(PROMPTS, RESPONSES)))
     if template:
         from align_jax.sharding import make_mesh
 

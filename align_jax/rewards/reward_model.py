@@ -77,6 +77,7 @@ class DecoderRewardModel:
         shards = 1 if mesh is None else int(mesh.shape["data"] * mesh.shape["fsdp"])
         self.batch_size = -(-batch_size // shards) * shards
         self.max_length = max_length
+        self.scored_rows = 0  # distinct sequences run through the model (tests, benches)
         self.pad_id = model.pad_token_id if model.pad_token_id is not None else pad_id_of(tokenizer)
         graphdef, state = nnx.split(model)
         self._state = state
@@ -91,8 +92,17 @@ class DecoderRewardModel:
         self._scores = scores
 
     def score_ids(self, seqs: Sequence[Sequence[int]]) -> np.ndarray:
-        """float32 [N, num_labels] for token-id sequences (already rendered/truncated)."""
+        """float32 [N, num_labels] for token-id sequences (already rendered/truncated). Each
+        distinct sequence is scored once (rows are independent: padding is masked), so
+        repeated pairs — e.g. the same sample scored for several aspects — cost nothing."""
         from align_jax.sharding import place_batch
+
+        keys = [tuple(int(t) for t in s) for s in seqs]
+        distinct = list(dict.fromkeys(keys))
+        if len(distinct) < len(keys):
+            where = {k: i for i, k in enumerate(distinct)}
+            return self.score_ids(distinct)[[where[k] for k in keys]]
+        self.scored_rows += len(seqs)
 
         order = np.argsort([len(s) for s in seqs], kind="stable")
         out = np.zeros((len(seqs), self.model.num_labels), np.float32)

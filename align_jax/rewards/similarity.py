@@ -29,17 +29,20 @@ longest sentence of a bert-score batch, and independent of batching. clamp_negat
 takes the plain max over real tokens. (This matters: all-MiniLM-L6-v2 does produce tokens with
 only negative cosines, shifting R/P by ~1e-3.)
 
-Host work: tokenise, pad to a length bucket and a power-of-two batch, build weights. Device
-work: ONE jitted function (encoder up to the chosen layer + similarity + masked max +
-weighted sums) per (batch, length) bucket. Candidate and reference of a pair travel as one
-[B, 2, T] row so sharding the batch axis over a mesh never splits a pair.
+Host work: tokenise, build weights, pad to length buckets and power-of-two batches. Device work:
+two jitted programs — the encoder up to the chosen layer, run once per DISTINCT text (sorted by
+length, so little padding), and the matching (similarity + masked max + weighted sums) over the
+pairs. RefAlign compares K samples with one reference and its references never change, so a
+reference is encoded once per call and its embeddings stay in a bounded LRU cache
+(``cache_mb``) across calls; cached and fresh scores are the same numbers. Candidate and
+reference rows of a pair share a batch index, so sharding the batch axis never splits a pair.
 """
 from __future__ import annotations
 
 import csv
 import math
 import re
-from collections import Counter, defaultdict
+from collections import Counter, OrderedDict, defaultdict
 from typing import Any, Callable, Iterable, Protocol, Sequence
 
 import jax
@@ -49,6 +52,7 @@ from flax import nnx
 from jax.sharding import NamedSharding, PartitionSpec
 
 from align_jax.errors import ConfigError
+from align_jax.data.tokenize import pow2_bucket, round_up
 from align_jax.models.encoder import Encoder, load_encoder
 from align_jax.rewards import text_metrics
 from align_jax.rewards.registry import list_scorers, make_scorer, register_scorer
@@ -128,42 +132,63 @@ def mean_pool_cosine(cand_btd, cand_mask_bt, ref_bsd, ref_mask_bs):
 
 # ----------------------------------------------------------------- encoder-based scorers
 
-def _pair_hidden(graphdef, num_layers, state, ids_b2t, mask_b2t):
-    """Run the encoder on [B, 2, T] (candidate, reference) rows → [B, 2, T, D]."""
-    B, _, T = ids_b2t.shape
-    enc = nnx.merge(graphdef, state)
-    h = enc(ids_b2t.reshape(2 * B, T), mask_b2t.reshape(2 * B, T), num_layers=num_layers,
-            all_layers=False)
-    return h.reshape(B, 2, T, h.shape[-1])
-
-
 # Module-level jits keyed on the static (graphdef, num_layers): scorers sharing one encoder
-# share compiled code.
-@jax.jit(static_argnums=(0, 1, 2))
-def _bertscore_kernel(graphdef, num_layers, clamp_negative, state, ids, mask, w):
-    h = _pair_hidden(graphdef, num_layers, state, ids, mask)
-    p, r, f = greedy_match_prf(h[:, 0], mask[:, 0], w[:, 0], h[:, 1], mask[:, 1], w[:, 1],
-                               clamp_negative=clamp_negative)
-    return jnp.stack([p, r, f])
+# share compiled code. Encoding and matching are separate programs so that each distinct text
+# is encoded once per call (RefAlign scores K samples against ONE reference) and reference
+# embeddings can be kept across calls (the references never change during training).
+@jax.jit(static_argnums=(0, 1))
+def _encode_kernel(graphdef, num_layers, state, ids_bt, mask_bt):
+    """Hidden states of layer ``num_layers``, [B, T, D] float32."""
+    enc = nnx.merge(graphdef, state)
+    h = enc(ids_bt, mask_bt, num_layers=num_layers, all_layers=False)
+    return h.astype(jnp.float32)
 
 
-@jax.jit(static_argnums=(0, 1, 2))
-def _cosine_kernel(graphdef, num_layers, unused_flag, state, ids, mask, w):
-    del w, unused_flag
-    h = _pair_hidden(graphdef, num_layers, state, ids, mask)
-    return mean_pool_cosine(h[:, 0], mask[:, 0], h[:, 1], mask[:, 1])[None]
+@jax.jit(static_argnums=(0, 1))
+def _match_kernel(kind, clamp_negative, c_btd, c_mask, c_w, r_bsd, r_mask, r_w):
+    if kind == "bertscore":
+        return jnp.stack(greedy_match_prf(c_btd, c_mask, c_w, r_bsd, r_mask, r_w,
+                                          clamp_negative=clamp_negative))
+    return mean_pool_cosine(c_btd, c_mask, r_bsd, r_mask)[None]
 
 
-_KERNELS = {"bertscore": _bertscore_kernel, "cosine": _cosine_kernel}
+class EmbeddingCache:
+    """Bounded LRU of per-text token embeddings ([len, D] float32 host arrays), keyed by the
+    token ids (one cache belongs to one encoder and layer: its scorer). ``max_mb=0`` = off."""
 
+    def __init__(self, max_mb: float = 256.0):
+        self.max_bytes = int(max_mb * 2 ** 20)
+        self._d: OrderedDict[tuple, np.ndarray] = OrderedDict()
+        self.bytes = 0
+        self.hits = self.misses = 0
 
-def _next_pow2(n: int) -> int:
-    return 1 << max(0, n - 1).bit_length()
+    def get(self, key: tuple):
+        h = self._d.get(key)
+        if h is None:
+            self.misses += 1
+        else:
+            self.hits += 1
+            self._d.move_to_end(key)
+        return h
+
+    def put(self, key: tuple, h: np.ndarray) -> None:
+        if self.max_bytes <= 0 or h.nbytes > self.max_bytes or key in self._d:
+            return
+        self._d[key] = h
+        self.bytes += h.nbytes
+        while self.bytes > self.max_bytes:
+            _, old = self._d.popitem(last=False)
+            self.bytes -= old.nbytes
+
+    def __len__(self) -> int:
+        return len(self._d)
 
 
 class _EncoderScorer:
-    """Shared host side: tokenise, bucket, shard, call a jitted kernel over [B, 2, T]."""
-    _kernel_name = ""  # key into _KERNELS, set by subclasses
+    """Shared host side: tokenise, encode each distinct text once (length-sorted batches, power-
+    of-two rows, length buckets; references through a bounded cache), then one jitted matching
+    program per (batch, length, length) bucket over the pairs."""
+    _kernel_name = ""  # "bertscore" | "cosine", set by subclasses
     _n_out = 0
     clamp_negative = False  # static kernel flag (BERTScore only)
 
@@ -173,11 +198,13 @@ class _EncoderScorer:
                  max_length: int | None = None, compute_dtype: Any = jnp.float32,
                  precision: Any = "highest", mesh: jax.sharding.Mesh | None = None,
                  batch_axes: Sequence[str] = ("data", "fsdp"),
-                 special_tokens: Iterable[str] = (), strip: bool = True):
+                 special_tokens: Iterable[str] = (), strip: bool = True,
+                 cache_mb: float = 256.0):
         # precision="highest": rewards are differences of scores ~1e-2 apart, so TPU/GPU
         # default bf16/TF32 matmul passes would be visible; pass None to use jax's default.
         # compute_dtype/precision only apply when the encoder is loaded here (encoder=None).
         # mesh: single-controller placement (jax.device_put of the whole host batch).
+        # cache_mb: reference embeddings kept across calls (0 = encode every call).
         if encoder is None:
             encoder = load_encoder(model, compute_dtype=compute_dtype, precision=precision)
         self.encoder, self.tokenizer = encoder
@@ -194,6 +221,8 @@ class _EncoderScorer:
         self.special_tokens = tuple(special_tokens)
         self.strip = strip
         self.mesh = mesh
+        self.cache = EmbeddingCache(cache_mb)
+        self.encoded_texts = 0  # texts run through the encoder (a cache hit or duplicate: not)
         self._shards = 1
         if mesh is not None:
             axes = tuple(a for a in batch_axes if a in mesh.shape)
@@ -238,35 +267,65 @@ class _EncoderScorer:
             return np.zeros((self._n_out, 0), np.float32)
         c_ids, r_ids = self.tokenize(candidates), self.tokenize(references)
         c_w, r_w = self.make_weights(c_ids, r_ids)
+        c_h, r_h = self.embed(c_ids), self.embed(r_ids, self.cache)
         outs = []
         for s in range(0, len(c_ids), self.batch_size):
             sl = slice(s, s + self.batch_size)
-            outs.append(self._run_chunk(c_ids[sl], r_ids[sl], c_w[sl], r_w[sl]))
+            outs.append(self._match(c_h[sl], r_h[sl], c_w[sl], r_w[sl]))
         return np.concatenate(outs, axis=1)
 
     def make_weights(self, c_ids, r_ids):
         return [self._weights(i) for i in c_ids], [self._weights(i) for i in r_ids]
 
-    def _run_chunk(self, c_ids, r_ids, c_w, r_w):
-        n = len(c_ids)
-        longest = max(len(x) for x in c_ids + r_ids)
-        T = next(b for b in self.length_buckets if b >= longest)
-        B = _next_pow2(max(n, self._shards))
-        B = -(-B // self._shards) * self._shards
+    def _rows(self, n: int) -> int:
+        """Padded batch rows: a power of two (few compiled shapes) that the mesh divides."""
+        return round_up(pow2_bucket(max(n, self._shards), 1), self._shards)
+
+    def _bucket(self, longest: int) -> int:
+        return next(b for b in self.length_buckets if b >= longest)
+
+    def _place(self, *arrays):
+        if self.mesh is None:
+            return arrays
+        return tuple(jax.device_put(a, self._sharding) for a in arrays)
+
+    def embed(self, id_lists: Sequence[list[int]],
+              cache: EmbeddingCache | None = None) -> list[np.ndarray]:
+        """Token embeddings [len_i, D] of each id list: every distinct one encoded once, in
+        batches of similar length; ``cache`` (references) is read first and filled after."""
+        keys = [tuple(x) for x in id_lists]
+        found = {k: h for k in dict.fromkeys(keys)
+                 if (h := (cache.get(k) if cache is not None else None)) is not None}
+        todo = sorted((k for k in dict.fromkeys(keys) if k not in found), key=len)
         pad_id = self.tokenizer.pad_token_id or 0
-        ids = np.full((B, 2, T), pad_id, np.int32)
-        mask = np.zeros((B, 2, T), bool)
-        w = np.zeros((B, 2, T), np.float32)
-        for i in range(n):
-            for side, (toks, wt) in enumerate(((c_ids[i], c_w[i]), (r_ids[i], r_w[i]))):
-                ids[i, side, :len(toks)] = toks
-                mask[i, side, :len(toks)] = True
-                w[i, side, :len(toks)] = wt
-        args = (ids, mask, w)
-        if self.mesh is not None:
-            args = tuple(jax.device_put(a, self._sharding) for a in args)
-        out = _KERNELS[self._kernel_name](self._graphdef, self.num_layers,
-                                          self.clamp_negative, self._state, *args)
+        for s in range(0, len(todo), self.batch_size):
+            chunk = todo[s:s + self.batch_size]
+            T, B = self._bucket(len(chunk[-1])), self._rows(len(chunk))
+            ids = np.full((B, T), pad_id, np.int32)
+            mask = np.zeros((B, T), bool)
+            for i, k in enumerate(chunk):
+                ids[i, :len(k)], mask[i, :len(k)] = k, True
+            h = np.asarray(jax.device_get(_encode_kernel(
+                self._graphdef, self.num_layers, self._state, *self._place(ids, mask))))
+            self.encoded_texts += len(chunk)
+            for i, k in enumerate(chunk):
+                found[k] = h[i, :len(k)].copy()
+                if cache is not None:
+                    cache.put(k, found[k])
+        return [found[k] for k in keys]
+
+    def _match(self, c_h, r_h, c_w, r_w):
+        n, D = len(c_h), c_h[0].shape[-1]
+        B = self._rows(n)
+        sides = []
+        for hs, ws in ((c_h, c_w), (r_h, r_w)):
+            T = self._bucket(max(len(h) for h in hs))
+            emb, mask, w = (np.zeros((B, T, D), np.float32), np.zeros((B, T), bool),
+                            np.zeros((B, T), np.float32))
+            for i, (h, wt) in enumerate(zip(hs, ws)):
+                emb[i, :len(h)], mask[i, :len(h)], w[i, :len(h)] = h, True, wt
+            sides += [emb, mask, w]
+        out = _match_kernel(self._kernel_name, self.clamp_negative, *self._place(*sides))
         return np.asarray(jax.device_get(out), np.float32)[:, :n]
 
 
