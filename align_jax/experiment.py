@@ -171,7 +171,8 @@ def train_between_evals(cfg: OnlineExperiment, run_dir: Path, policy, tokenizer,
     result."""
     before = evaluate_before(run_dir, lambda: held_out(policy))
     if cfg.sft.steps:
-        policy = warm_up(policy, tokenizer, records, cfg.sft, run_dir / "sft", mesh=mesh)
+        policy = warm_up(policy, tokenizer, records, cfg.sft, run_dir / "sft", mesh=mesh,
+                         seed=cfg.loop.seed, progress=cfg.loop.progress)
         after_sft = eval_once(run_dir / "eval_sft.json", lambda: held_out(policy))
         print("[align_jax] after the warm-up:", report.fmt_metrics(after_sft["metrics"]))
     policy, _ = train_online(policy, tokenizer, records, reward_fn, rcfg=cfg.objective,

@@ -44,6 +44,8 @@ RULES = {
     "eval_every": (lambda v: v >= 0, "must be >= 0 (0 = only before and after training)"),
     "max_prompt_len": (lambda v: v >= 1, "must be >= 1"),
     "max_completion_len": (lambda v: v >= 1, "must be >= 1"),
+    # by dotted key (checked before the field name): an optional phase may have 0 steps
+    "sft.steps": (lambda v: v >= 0, "must be >= 0 (0 = no supervised warm-up)"),
 }
 
 
@@ -58,8 +60,8 @@ def check_config(cfg, prefix: str = "", root=None) -> None:
         key = prefix + f.name
         if dataclasses.is_dataclass(v) and not isinstance(v, type):
             check_config(v, key + ".", root)
-        elif f.name in RULES and _num(v):
-            ok, must = RULES[f.name]
+        elif (key in RULES or f.name in RULES) and _num(v):
+            ok, must = RULES[key] if key in RULES else RULES[f.name]
             if not ok(v):
                 raise ConfigError(f"{shown_key(root, key)}={v}: {must}")
     if root is cfg:

@@ -65,13 +65,14 @@ class Config(ex.OnlineExperiment):
     lora_alpha: float = 32.0
     lora_targets: tuple[str, ...] = ("wq", "wk", "wv", "wo", "w_gate", "w_up", "w_down")
     # kl_coef: KL-to-initial penalty (k3); 0 = RefAlign as published (see README)
-    objective: RefAlignConfig = RefAlignConfig(k=2, advantage="mean", kl_coef=0.05)
+    objective: RefAlignConfig = RefAlignConfig(k=2, advantage="mean", kl_coef=0.1)
     # T=1 samples of a 135M model ramble: similarity fell 0.44 → 0.14, hence temperature 0.7
     sampling: SamplingConfig = SamplingConfig(max_new_tokens=48, temperature=0.7, top_p=1.0,
                                               prompt_bucket=16)
-    optim: OptimConfig = OptimConfig(lr=4e-4, grad_clip=1.0)
+    optim: OptimConfig = OptimConfig(lr=2e-4, grad_clip=1.0)
+    # balance_by: every step holds risky AND benign prompts (refusal reward + over-refusal penalty)
     loop: OnlineLoopConfig = OnlineLoopConfig(steps=30, prompts_per_step=4, save_every=10,
-                                              kl_every=5)
+                                              kl_every=5, balance_by="category")
     # supervised warm-up on the safe / helpful references first (see docs/methods.md)
     sft: SFTConfig = SFTConfig(steps=80, batch_size=8, optim=OptimConfig(lr=4e-4, grad_clip=1.0,
                                                                          schedule="cosine"))

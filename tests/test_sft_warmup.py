@@ -23,7 +23,7 @@ RECORDS = [
     {"prompt": "w4 w5", "reference": "yes w7 w8", "category": "benign"},
     {"prompt": "w4 w6", "reference": "yes w7 w8", "category": "benign"},
 ]
-CFG = SFTConfig(steps=40, batch_size=4, balance_by="category", progress=False, save_every=20,
+CFG = SFTConfig(steps=40, batch_size=4, balance_by="category", save_every=20,
                 max_prompt_len=8, max_completion_len=8,
                 optim=OptimConfig(lr=1e-2, schedule="constant"))
 GREEDY = SamplingConfig(max_new_tokens=4, greedy=True)
@@ -38,7 +38,7 @@ def test_warm_up_teaches_each_prompt_its_own_reference(tmp_path):
     model = Decoder(tiny_cfg(), rngs=nnx.Rngs(0))
     before = generate_answers(model, tok, RECORDS, GREEDY, batch_size=4)
     assert before != [r["reference"] for r in RECORDS]
-    trained = warm_up(model, tok, RECORDS, CFG, tmp_path / "sft")
+    trained = warm_up(model, tok, RECORDS, CFG, tmp_path / "sft", progress=False)
     after = generate_answers(trained, tok, RECORDS, GREEDY, batch_size=4)
     assert [a.strip() for a in after] == [r["reference"] for r in RECORDS]
     # the loop's log: NLL fell

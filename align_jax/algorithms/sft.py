@@ -34,8 +34,9 @@ from align_jax.train.step import lm_loss_fn, make_train_step
 
 
 @dataclasses.dataclass(frozen=True)
-class SFTConfig(LoopConfig):
-    """The warm-up's loop (``steps=0``: none) and what its batches hold."""
+class SFTConfig:
+    """The warm-up's length (``steps=0``: none), batches and optimizer. Its seed (data order) is
+    the run's (``loop.seed``), so ``seeds=0,1,2`` varies the warm-up too."""
 
     steps: int = 0  # NLL updates on (prompt, reference) before the on-policy method; 0 = off
     save_every: int = 40  # checkpoint every N steps (and at the last)
@@ -49,7 +50,8 @@ class SFTConfig(LoopConfig):
 class ReferenceSource:
     """Batches of (prompt, reference) sequences in the loader's resumable (seed, epoch) order."""
 
-    def __init__(self, records: Sequence[dict], tokenizer, cfg: SFTConfig, mesh=None):
+    def __init__(self, records: Sequence[dict], tokenizer, cfg: SFTConfig, seed: int = 0,
+                 mesh=None):
         bad = [i for i, r in enumerate(records) if not r.get("reference")]
         if bad:
             raise ConfigError(f"sft.steps={cfg.steps}: the warm-up trains on reference answers, "
@@ -57,7 +59,7 @@ class ReferenceSource:
         groups = [r.get(cfg.balance_by) for r in records] if cfg.balance_by else None
         self.tok_cfg = TokenizeConfig(max_prompt_len=cfg.max_prompt_len,
                                       max_completion_len=cfg.max_completion_len, pad_multiple=32)
-        self.loader = DataLoader(list(records), min(cfg.batch_size, len(records)), seed=cfg.seed,
+        self.loader = DataLoader(list(records), min(cfg.batch_size, len(records)), seed=seed,
                                  shuffle=True, groups=groups)
         self.tokenizer, self.mesh = tokenizer, mesh
 
@@ -69,15 +71,15 @@ class ReferenceSource:
 
 
 def warm_up(model, tokenizer, records: Sequence[dict], cfg: SFTConfig, run_dir: str | Path, *,
-            mesh=None):
+            mesh=None, seed: int = 0, progress: bool = True):
     """-> the model after ``cfg.steps`` NLL updates on the records' references (``model`` itself
     when ``steps == 0``). Runs in ``run_dir`` (resumes it; a finished warm-up is read back)."""
     if cfg.steps <= 0:
         return model
     opt = cfg.optim.make(cfg.steps)
-    state, bundle = create_train_state(model, opt, cfg.seed, mesh)
+    state, bundle = create_train_state(model, opt, seed, mesh)
     step_fn = make_train_step(lm_loss_fn(), opt, bundle, mesh)
-    source = ReferenceSource(records, tokenizer, cfg, mesh)
+    source = ReferenceSource(records, tokenizer, cfg, seed, mesh)
 
     def update(state, batch):
         t0 = time.perf_counter()
@@ -86,7 +88,8 @@ def warm_up(model, tokenizer, records: Sequence[dict], cfg: SFTConfig, run_dir: 
         stats["time/update_s"] = time.perf_counter() - t0
         return state, stats
 
-    loop_cfg = LoopConfig(**{f.name: getattr(cfg, f.name) for f in dataclasses.fields(LoopConfig)})
+    loop_cfg = LoopConfig(steps=cfg.steps, seed=seed, save_every=cfg.save_every,
+                          progress=progress)
     state = run_loop(state, source, update, Path(run_dir), loop_cfg, label="sft warm-up",
                      postfix=lambda s: {"nll": f"{s.get('train/nll', float('nan')):.3f}"})
     return bundle.merge(state.params)
