@@ -31,6 +31,7 @@ import time
 import jax
 import jax.numpy as jnp
 import numpy as np
+import _roofline as roofline  # bench/ is on sys.path
 from _timing import time_calls  # bench/ is on sys.path
 
 VOCAB, HIDDEN, INTER, LAYERS, HEADS, KV, HEAD_DIM = 32000, 384, 1024, 8, 6, 2, 64
@@ -194,6 +195,17 @@ def main():
     for name, s, c in rows:
         print(f"{name:<40} {s:>8.3f} {tokens / s:>9.0f} {ts / s:>6.2f}x "
               f"{'' if c is None else f'{c:>9.1f}'}")
+    # executed FLOPs: policy forward + backward (3x) on both sides; the LM head on the response
+    # positions only; a per-batch reference adds one forward
+    T = args.prompt + args.completion
+    n_body = n_params - VOCAB * HIDDEN  # tied embedding: counted once, as the LM head below
+    fwd = (roofline.forward_flops(n_body, tokens, LAYERS, T, HEADS * HEAD_DIM)
+           + 2.0 * VOCAB * HIDDEN * 2 * args.pairs * args.completion)
+    peak = roofline.matmul_peak_gflops()
+    print(roofline.header(peak))
+    print(roofline.row("DPO step, TRL (per-batch ref)", 4 * fwd, ts, peak))
+    print(roofline.row("DPO step, align_jax (per-batch ref)", 4 * fwd, rows[1][1], peak))
+    print(roofline.row("DPO step, align_jax (cached ref)", 3 * fwd, rows[2][1], peak))
 
 
 if __name__ == "__main__":

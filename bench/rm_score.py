@@ -26,6 +26,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from anywher
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
+import _roofline as roofline  # noqa: E402  (bench/ is on sys.path)
 from _timing import time_calls  # noqa: E402
 
 
@@ -80,6 +81,7 @@ def main() -> None:
     import numpy as np
     import torch
     import transformers
+    from flax import nnx
 
     from align_jax.data import load_bundled
     from align_jax.data.tokenize import pow2_bucket
@@ -115,8 +117,10 @@ def main() -> None:
                 out.append(hf(input_ids=ids, attention_mask=mask).logits[:, 0])
         return torch.cat(out).numpy()
 
-    first_t = time_calls(lambda: ours.score_ids(seqs), 1)[0]
-    ours_s = statistics.median(time_calls(lambda: ours.score_ids(seqs), args.repeats))
+    # dedupe=False: the pairs repeat to fill --pairs, and both sides must do the same work
+    first_t = time_calls(lambda: ours.score_ids(seqs, dedupe=False), 1)[0]
+    ours_s = statistics.median(time_calls(lambda: ours.score_ids(seqs, dedupe=False),
+                                          args.repeats))
     theirs_scores = torch_scores()  # warm-up
     theirs_s = statistics.median(time_calls(torch_scores, args.repeats))
     diff = np.abs(ours.score_ids(seqs)[order, 0] - theirs_scores).max()
@@ -133,6 +137,16 @@ def main() -> None:
     print(f"{'transformers SeqCls (PyTorch)':<34}{'-':>11}{theirs_s:>10.3f}{n / theirs_s:>10.1f}")
     print(f"speed ratio (ours / transformers): {theirs_s / ours_s:.2f}x; "
           f"max |Δscore| = {diff:.2e}")
+    # executed FLOPs of ours: every group padded to batch_size rows × its power-of-two length
+    c, params = ours.model.cfg, nnx.state(ours.model, nnx.Param)
+    n_mm = roofline.matmul_params(params, skip=("embed", "lm_head"))  # the score head counts
+    flops = sum(roofline.forward_flops(n_mm, args.batch_size * T, c.num_layers, T,
+                                       c.num_heads * c.head_dim)
+                for T in (pow2_bucket(len(g[-1])) for g in groups))
+    peak = roofline.matmul_peak_gflops()
+    print(roofline.header(peak))
+    print(roofline.row("reward-model scoring, ours", flops, ours_s, peak))
+    print(roofline.row("reward-model scoring, transformers (same FLOPs)", flops, theirs_s, peak))
 
 
 if __name__ == "__main__":

@@ -24,6 +24,10 @@ import time
 
 import jax
 import numpy as np
+from flax import nnx
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import _roofline as roofline  # noqa: E402
 
 from align_jax.models import hf_io
 from align_jax.models.config import DecoderConfig
@@ -128,8 +132,9 @@ def measure(model, hf, ids, repeats: int, hf_repeats: int, unroll_layers=None):
         if ref is not None and i < hf_repeats:
             h_t.append(ref.once())
     B = ids.shape[0]
-    res = dict(tok_s=B * NEW / min(t for _, t in o_t), ttft=min(t for t, _ in o_t),
-               compile=ours.first - min(t for _, t in o_t))
+    best = min(o_t, key=lambda x: x[1])
+    res = dict(tok_s=B * NEW / best[1], ttft=min(t for t, _ in o_t),
+               compile=ours.first - best[1], decode_s=(best[1] - best[0]) / NEW)
     hf_res = (dict(tok_s=B * NEW / min(t for _, t in h_t), ttft=min(t for t, _ in h_t))
               if h_t else None)
     return res, hf_res
@@ -164,23 +169,37 @@ def main(argv=None):
             rng = np.random.default_rng(B)
             ids = rng.integers(3, model.cfg.vocab_size, size=(B, PROMPT)).astype(np.int32)
             ours, ref = measure(model, hf, ids, args.repeats, args.hf_repeats)
-            rows.append((f"{name} ({params:.0f}M, {src})", B, ours, ref))
+            rows.append((f"{name} ({params:.0f}M, {src})", B, ours, ref, model))
             print(f"  done {name} B={B}: {ours['tok_s']:.0f} tok/s", file=sys.stderr, flush=True)
             if args.with_scan:
                 scan, ref = measure(model, hf, ids, args.repeats, args.hf_repeats, False)
-                rows.append((f"{name} layer scan", B, scan, ref))
+                rows.append((f"{name} layer scan", B, scan, ref, model))
     print(f"\nprompt {PROMPT}, new {NEW}, top-p {TOP_P}; best of {args.repeats} (ours) / "
           f"{args.hf_repeats} (HF), interleaved; load avg now {os.getloadavg()[0]:.1f}")
     head = (f"{'model':34s} {'B':>3s} {'jax tok/s':>10s} {'HF tok/s':>9s} {'ratio':>6s} "
             f"{'TTFT jax':>9s} {'TTFT HF':>8s} {'compile':>8s}")
     print(head)
     print("-" * len(head))
-    for label, B, o, r in rows:
+    for label, B, o, r, _ in rows:
         hf_s = f"{r['tok_s']:9.0f}" if r else f"{'-':>9s}"
         ratio = f"{o['tok_s'] / r['tok_s']:5.1f}x" if r else f"{'-':>6s}"
         hf_t = f"{r['ttft'] * 1e3:6.0f}ms" if r else f"{'-':>8s}"
         print(f"{label:34s} {B:3d} {o['tok_s']:10.0f} {hf_s} {ratio} "
               f"{o['ttft'] * 1e3:7.0f}ms {hf_t} {o['compile']:7.1f}s")
+    peak, bw = roofline.matmul_peak_gflops(), roofline.copy_bandwidth_gbs()
+    print(roofline.header(peak, bw))
+    for label, B, o, _, model in rows:
+        c = model.cfg
+        params = nnx.state(model, nnx.Param)
+        n_mm = roofline.matmul_params(params, skip=() if c.tie_word_embeddings else ("embed",))
+        ctx = PROMPT + NEW  # the cache is allocated (and attended, masked) at full length
+        flops = roofline.forward_flops(n_mm, B, c.num_layers, ctx, c.num_heads * c.head_dim)
+        weight_bytes = sum(np.asarray(x).nbytes for x in jax.tree.leaves(params))
+        kv_bytes = 2 * c.num_layers * B * ctx * c.num_kv_heads * c.head_dim * 4
+        print(roofline.row(f"decode step {label.split(' (')[0]} B={B}", flops, o["decode_s"],
+                           peak, weight_bytes + kv_bytes, bw))
+    print("decode step = (generate − prefill) / new tokens; bytes = every weight + the KV cache "
+          "read once per step")
 
 
 if __name__ == "__main__":

@@ -26,7 +26,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from _timing import time_calls  # noqa: E402  (bench/ is on sys.path)
+import _roofline as roofline  # noqa: E402  (bench/ is on sys.path)
+from _timing import time_calls  # noqa: E402
 from align_jax.models.config import DecoderConfig
 
 LLAMA_100M = DecoderConfig(vocab_size=32000, hidden_size=768, intermediate_size=2048,
@@ -45,15 +46,6 @@ def model_flops(cfg: DecoderConfig, batch: int, seq: int) -> float:
     n_matmul = cfg.param_count() - embed
     attn = 12 * cfg.num_layers * batch * seq * seq * cfg.num_heads * cfg.head_dim
     return 6.0 * n_matmul * batch * seq + attn
-
-
-def jax_peak(n: int, reps: int = 3) -> float:
-    """float32 matmul FLOP/s of the default JAX device (best of `reps`)."""
-    a = jax.random.normal(jax.random.PRNGKey(0), (n, n), jnp.float32)
-    b = jax.random.normal(jax.random.PRNGKey(1), (n, n), jnp.float32)
-    mm = jax.jit(lambda x, y: x @ y)
-    mm(a, b).block_until_ready()
-    return 2 * n**3 / min(time_calls(lambda: mm(a, b).block_until_ready(), reps))
 
 
 def torch_peak(n: int, device: str, reps: int = 3) -> float:
@@ -146,7 +138,7 @@ def main():
     torch.backends.cuda.matmul.allow_tf32 = False
     if tdev == "cpu":
         torch.set_num_threads(os.cpu_count() or 1)
-    jpeak = jax_peak(peak_n)
+    jpeak = roofline.matmul_peak_gflops(peak_n) * 1e9
     tpeak = None if args.no_torch else torch_peak(peak_n, tdev)
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
     print(f"device: jax={dev.platform}:{dev.device_kind} torch={tdev}  cpus={os.cpu_count()}  "

@@ -91,7 +91,7 @@ class DecoderRewardModel:
 
         self._scores = scores
 
-    def score_ids(self, seqs: Sequence[Sequence[int]]) -> np.ndarray:
+    def score_ids(self, seqs: Sequence[Sequence[int]], dedupe: bool = True) -> np.ndarray:
         """float32 [N, num_labels] for token-id sequences (already rendered/truncated). Each
         distinct sequence is scored once (rows are independent: padding is masked), so
         repeated pairs — e.g. the same sample scored for several aspects — cost nothing."""
@@ -99,7 +99,7 @@ class DecoderRewardModel:
 
         keys = [tuple(int(t) for t in s) for s in seqs]
         distinct = list(dict.fromkeys(keys))
-        if len(distinct) < len(keys):
+        if dedupe and len(distinct) < len(keys):
             where = {k: i for i, k in enumerate(distinct)}
             return self.score_ids(distinct)[[where[k] for k in keys]]
         self.scored_rows += len(seqs)

@@ -223,6 +223,7 @@ class _EncoderScorer:
         self.mesh = mesh
         self.cache = EmbeddingCache(cache_mb)
         self.encoded_texts = 0  # texts run through the encoder (a cache hit or duplicate: not)
+        self.encoded_tokens = self.encoded_tokens_sq = 0  # Σ B·T and Σ B·T² executed (benches)
         self._shards = 1
         if mesh is not None:
             axes = tuple(a for a in batch_axes if a in mesh.shape)
@@ -308,6 +309,8 @@ class _EncoderScorer:
             h = np.asarray(jax.device_get(_encode_kernel(
                 self._graphdef, self.num_layers, self._state, *self._place(ids, mask))))
             self.encoded_texts += len(chunk)
+            self.encoded_tokens += B * T
+            self.encoded_tokens_sq += B * T * T
             for i, k in enumerate(chunk):
                 found[k] = h[i, :len(k)].copy()
                 if cache is not None:
