@@ -60,7 +60,7 @@ class RolloutSource:
                                                                        loop, mesh)
         self.kl_penalty = rcfg.kl_coef > 0
         self.init_params = init_params
-        self.init_fn = (ra.make_init_logps_fn(bundle, rcfg.chunk_size)
+        self.init_fn = (ra.make_init_logps_fn(bundle, rcfg.chunk_size, mesh)
                         if init_params is not None else None)
         self.base_key = jax.random.PRNGKey(loop.seed + 1)
         self.last = None  # the latest rollout (for callbacks)

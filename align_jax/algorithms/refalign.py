@@ -150,17 +150,22 @@ class ReinforceObjective:
         return train_batch(ro.out, adv), stats
 
 
-def make_init_logps_fn(bundle, chunk_size: int | None = None):
+def make_init_logps_fn(bundle, chunk_size: int | None = None, mesh=None):
     """jitted (init_params, batch) -> (init_logps [R, T-1] on the rollout tokens, KL sum,
     #tokens). KL(π_θ‖π_init) is estimated as Σ (logp_θ − logp_init) with logp_θ = the sampler's
     untempered log-probs (unbiased on-policy). The log-probs also feed the KL penalty of the
-    loss when `RefAlignConfig.kl_coef` > 0 (the batch's `init_logps`)."""
+    loss when `RefAlignConfig.kl_coef` > 0 (the batch's `init_logps`). Traced under the mesh
+    (like the train step), so the model's activation sharding constraints apply: without them a
+    pod replicated this pass (`python -m align_jax.aot` found it needing 143 GiB per v5p chip for
+    Llama-3-8B at 512 rows)."""
+    from align_jax.sharding import use_mesh
 
     @jax.jit
     def init_logps(init_params, batch):
         model = bundle.merge(init_params)
-        lp0 = token_logps(model, batch["input_ids"], batch["attention_mask"], batch["loss_mask"],
-                          chunk_size=chunk_size)
+        with use_mesh(mesh):
+            lp0 = token_logps(model, batch["input_ids"], batch["attention_mask"],
+                              batch["loss_mask"], chunk_size=chunk_size)
         m = batch["loss_mask"][:, 1:]
         return lp0, jnp.sum((batch["old_logps"] - lp0) * m), jnp.sum(m)
 

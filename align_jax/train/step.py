@@ -52,6 +52,13 @@ class _Compiled:
         self._jit = {}
 
     def __call__(self, state, frozen, batch):
+        return self._get(state, frozen, batch)(state, frozen, batch)
+
+    def lower(self, state, frozen, batch):
+        """The jitted program lowered for these (possibly abstract) inputs (``align_jax.aot``)."""
+        return self._get(state, frozen, batch).lower(state, frozen, batch)
+
+    def _get(self, state, frozen, batch):
         key = (jax.tree.structure(batch), jax.tree.structure(state))
         if key not in self._jit:
             kw = {}
@@ -64,7 +71,7 @@ class _Compiled:
             if self.compiler_options:
                 kw["compiler_options"] = dict(self.compiler_options)
             self._jit[key] = jax.jit(self.fn, donate_argnums=(0,) if self.donate else (), **kw)
-        return self._jit[key](state, frozen, batch)
+        return self._jit[key]
 
 
 def make_train_step(loss_fn: LossFn, optimizer, bundle: ModelBundle, mesh: Mesh | None = None,
@@ -111,6 +118,7 @@ def make_train_step(loss_fn: LossFn, optimizer, bundle: ModelBundle, mesh: Mesh 
         return compiled(state, bundle.frozen, batch)
 
     step.jitted = compiled  # for inspection (e.g. lowering in tests/benchmarks)
+    step.lower = lambda state, batch: compiled.lower(state, bundle.frozen, batch)
     return step
 
 
