@@ -122,9 +122,7 @@ def main(argv: list[str]) -> dict:
         run_dir, policy, tok, train[: cfg.select_prompts], holistic, candidates, cfg.sampling,
         cfg.select_k, cfg.loop.seed, cfg.top_n, mesh)
     chosen = selection["selected"]
-    print("[align_jax] aspect agreement with the holistic reward: " + ", ".join(
-        f"{n} {r['agreement']:.3f}" for n, r in selection["candidates"].items())
-        + f" -> {chosen}")
+    print(f"[align_jax] consistency selection -> {chosen}\n{alarm.selection_table(selection)}")
 
     # 4. the hierarchical token rewards → reward-to-go → PPO-clip in the one online loop
     acfg = alarm.alarm_config(base, selection, cfg.aspect_weight)
@@ -146,14 +144,11 @@ def main(argv: list[str]) -> dict:
     out = ex.finish(run_dir, f"ALaRM ({cfg.ablation}, {cfg.preset})", before, after,
                     [prompt_text(r["prompt"]) for r in evals], policy=policy, tokenizer=tok,
                     export=cfg.export)
-    rates = "\n".join(f"| {n} | {r['agreement']:.3f} | {r['pairs']} | {r['selected']} |"
-                       for n, r in selection["candidates"].items())
     (run_dir / "summary.md").write_text(
         f"# ALaRM ({cfg.ablation}, {cfg.preset}): held-out, {cfg.eval_samples} samples per "
         f"prompt\n\n{report.summary_table(before['metrics'], after['metrics'])}\n"
-        f"## consistency selection (sample set)\n\n| aspect | agreement | pairs | selected |\n"
-        f"|---|---|---|---|\n{rates}\n")
-    return out
+        f"{alarm.selection_table(selection)}")
+    return {**out, "selection": selection}
 
 
 def with_reference(e) -> dict:

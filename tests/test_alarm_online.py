@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from test_refalign import VOCAB, tiny_cfg, tiny_tokenizer
+from test_refalign import tiny_cfg, tiny_tokenizer
 from align_jax.algorithms import alarm
 from align_jax.algorithms.online_loop import OnlineLoopConfig, train_online
 from align_jax.algorithms.refalign import RefAlignConfig, rollout

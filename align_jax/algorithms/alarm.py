@@ -77,6 +77,14 @@ def measure_once(run_dir: Path, policy, tokenizer, records: Sequence[dict], holi
     return stats, sel
 
 
+def selection_table(selection: dict) -> str:
+    """Markdown: every candidate's agreement rate with the holistic reward."""
+    rows = "".join(f"| {n} | {r['agreement']:.3f} | {r['pairs']} | {r['selected']} |\n"
+                   for n, r in selection["candidates"].items())
+    return ("## consistency selection (sample set)\n\n| aspect | agreement | pairs | selected |"
+            f"\n|---|---|---|---|\n{rows}")
+
+
 def alarm_config(base: AlarmConfig, selection: dict, aspect_weight: float = 1.0) -> AlarmConfig:
     """The preset with the selected aspects' weights and shaping filled in."""
     sh = [selection["shaping"][n] for n in selection["selected"]]
