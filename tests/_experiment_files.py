@@ -22,6 +22,7 @@ TINY = {
     "max_examples": 4, "eval_examples": 2, "batch_size": 2, "ref_batch_size": 2,
     "group_size": 2,  # RPO: must divide batch_size
     "sft.steps": 1, "sft.batch_size": 2,  # the online experiments' supervised warm-up
+    "rm_steps": 1, "select_prompts": 2,  # ALaRM: the on-the-fly reward model, its sample set
 }
 
 
