@@ -26,6 +26,7 @@ from align_jax.rewards.compose import RewardFn
 from align_jax.sampling.sampler import SamplingConfig
 from align_jax.sanity import check_config
 from align_jax.sharding import place_batch
+from align_jax.train.base_model import base_identity
 from align_jax.train.guard import SKIP_KEY
 from align_jax.train.loop import LoopConfig, run_loop
 from align_jax.train.metrics import compute
@@ -144,7 +145,8 @@ def train_online(model, tokenizer, examples: Sequence, reward_fn: RewardFn, *,
     callback = (None if step_callback is None
                 else (lambda step, stats: step_callback(step, stats, source.last)))
     state = run_loop(state, source, update, run_dir, loop, label=label, postfix=postfix,
-                     hooks=[throughput], step_callback=callback)
+                     hooks=[throughput], step_callback=callback,
+                     base=base_identity(model, bundle.frozen))
     return bundle.merge(state.params), state
 
 

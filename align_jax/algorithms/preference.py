@@ -31,6 +31,7 @@ from align_jax.errors import ConfigError
 from align_jax.sanity import check_config
 from align_jax.sharding import place_batch
 from align_jax.train import report
+from align_jax.train.base_model import base_identity
 from align_jax.train.loop import LoopConfig, eval_once, every, run_loop
 from align_jax.train.metrics import add_sum_count, compute
 from align_jax.train.optim import OptimConfig
@@ -187,6 +188,7 @@ def train_preference(model, train: PrefData, loss_fn: Callable, cfg: TrainConfig
     if reference == "batch" and not has_lora(model):
         # copy BEFORE any restore: the reference is the initial model, not the resumed one
         bundle = RefModelBundle.wrap(bundle, jax.tree.map(jnp.copy, state.params))
+    base = base_identity(model, bundle.frozen)  # LoRA: checkpoints hold the adapters only
     step_fn = make_train_step(loss_fn, opt, bundle, mesh, compiler_options=compiler_options)
     eval_step = make_eval_step(loss_fn, bundle, mesh, compiler_options=compiler_options)
     source = PreferenceSource(train, cfg, mesh)
@@ -219,7 +221,7 @@ def train_preference(model, train: PrefData, loss_fn: Callable, cfg: TrainConfig
 
     state = run_loop(state, source, make_preference_update(step_fn), run_dir, cfg, label=name,
                      postfix=postfix, hooks=hooks, start_hook=before_training,
-                     step_callback=step_callback)
+                     step_callback=step_callback, base=base)
 
     after: dict[str, float] = {}
     if eval_data is not None:
