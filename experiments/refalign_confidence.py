@@ -100,7 +100,7 @@ def main(argv: list[str]) -> dict:
         label="refalign_confidence")
     return ex.finish(run_dir, "RefAlign confidence", before, after,
                      [r["question"] for r in evals], order=range(min(10, len(evals))),
-                     columns={"reference": [r["reference"] for r in evals]},
+                     references=[r["reference"] for r in evals],
                      policy=policy, tokenizer=tokenizer, export=cfg.export)
 
 

@@ -81,7 +81,7 @@ def main(argv: list[str]) -> dict:
         label=f"refalign_general_{cfg.method}", objective=objective)
     return ex.finish(run_dir, f"general preference: {cfg.method}", before, after,
                      [prompt_text(r["prompt"]) for r in evals], order=range(min(10, len(evals))),
-                     policy=policy, tokenizer=tokenizer, export=cfg.export)
+                     references=[r.get("reference", "") for r in evals], policy=policy, tokenizer=tokenizer, export=cfg.export)
 
 
 if __name__ == "__main__":
