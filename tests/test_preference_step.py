@@ -6,6 +6,7 @@ LoRA-off reference, one device for the mesh, and the disk cache against per-batc
 
 import dataclasses
 import functools
+import json
 import math
 import os
 
@@ -121,6 +122,8 @@ def test_dpo_run_raises_accuracy_and_margin(tiny, tmp_path):
     assert a["loss"] < 0.6
     lines = (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()
     assert len(lines) == 25 and (tmp_path / "run" / "curves.png").exists()
+    # step 1 (still the reference, batch shapes of training) agrees with the held-out "before"
+    assert json.loads(lines[0])["train/rewards/accuracies"] == b["rewards/accuracies"] == 0.5
 
 
 # ----------------------------------------------------------------------------- reference cache
