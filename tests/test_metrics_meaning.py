@@ -117,7 +117,8 @@ def test_calibration_metrics_parsed_all_and_reasons():
     assert same["pearson"] == "undefined (every confidence the same)"
     none = C.calibration_metrics([np.nan, np.nan], [True, False])
     assert none["ece"] == "undefined (no answers)" and none["parsed"] == 0
-    assert report.fmt_metrics({"auroc": one["auroc"]}) == "auroc=undefined (one class: all of 2 correct)"
+    assert (report.fmt_metrics({"auroc": one["auroc"]})
+            == "auroc=undefined (one class: all of 2 correct)")
 
 
 def test_paired_calibration_uses_answers_parsed_on_both_sides():

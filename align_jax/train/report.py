@@ -168,7 +168,8 @@ def summary_table(before: Mapping[str, float], after: Mapping[str, float]) -> st
     """Markdown: metric | before | after (timing and token counts left out)."""
     lines = ["| metric | before | after |", "|---|---|---|"]
     for k in (k for k in before if not k.startswith(("time", "tokens/"))):
-        lines.append(f"| {k} | {fmt_value(before[k])} | {fmt_value(after[k]) if k in after else '–'} |")
+        now = fmt_value(after[k]) if k in after else "–"
+        lines.append(f"| {k} | {fmt_value(before[k])} | {now} |")
     return "\n".join(lines) + "\n"
 
 
