@@ -95,10 +95,11 @@ def evaluate_before(run_dir: Path, evaluate: Callable[[], dict]) -> dict:
 
 def finish(run_dir: Path, title: str, before: dict, after: dict, prompts: Sequence[str], *,
            columns: dict | None = None, order: Sequence[int] | None = None, policy=None,
-           tokenizer=None, export: bool = False) -> dict:
+           tokenizer=None, export: bool = False,
+           references: Sequence[str] | None = None) -> dict:
     """``eval_after.json``, ``curves.png``, ``samples.md`` (summary + one row per prompt given,
-    in ``order`` if given) and, with ``export``, the final policy as HF safetensors in
-    ``export/``."""
+    in ``order`` if given: prompt | reference | before | after | ``columns``) and, with
+    ``export``, the final policy as HF safetensors in ``export/``."""
     report.write_json(run_dir / "eval_after.json", after)
     print("[align_jax] after: ", report.fmt_metrics(after["metrics"]))
     report.plot_curves(run_dir / "metrics.jsonl", run_dir / "curves.png", title=title)
@@ -106,7 +107,8 @@ def finish(run_dir: Path, title: str, before: dict, after: dict, prompts: Sequen
     pick = lambda xs: [xs[i] for i in order]  # noqa: E731
     summary = report.summary_table(before["metrics"], after["metrics"])
     table = report.sample_table(pick(prompts), pick(before["answers"]), pick(after["answers"]),
-                                {k: pick(v) for k, v in (columns or {}).items()})
+                                {k: pick(v) for k, v in (columns or {}).items()},
+                                references=pick(references) if references is not None else None)
     (run_dir / "samples.md").write_text(f"# {title}: before / after\n\n{summary}\n{table}")
     if export:
         from align_jax.models import export_hf

@@ -20,6 +20,9 @@ The implicit margin tokenises with the preference trainer's own pair_batch and t
 max_prompt_len / max_completion_len / chat template as experiments/dpo.py, so pass the values
 training will use.
 
+Default run time (2 CPU cores): 9 min 25 s at load ≈ 9 (docs/methods.md), 1 min 5 s when
+the implicit margins are cached.
+
 Outputs in runs/ap_select-<timestamp>/ (or out_dir=): selected.jsonl (the chosen input rows
 unchanged + margin_explicit, margin_implicit, alignment_potential; best first), margins.png
 (histograms of the three scores, selected pairs overlaid, the cut marked), config.json,

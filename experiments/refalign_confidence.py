@@ -4,12 +4,18 @@ RefAlign, confidence variant: the policy answers a question and states a verbali
 ("Confidence: N%"). Reward per sample = similarity of the answer (confidence stripped) to the
 reference answer (quality) + α · order term that rewards confidences ordered like quality across
 the K samples of the prompt (CONQORD-style); a missing confidence gets a defined penalty.
-Evaluated on held-out questions with accuracy, ECE, AUROC and Pearson(confidence, quality).
+Evaluated on held-out questions with accuracy, ECE, Brier, AUROC and Pearson(confidence, quality).
 
-Offline default: SmolLM2-135M-Instruct, BERTScore-F1 on MiniLM, the bundled short factual QA
+Offline default (2 CPU cores: 8 min 12 s, one run at a time, issue 20): SmolLM2-135M-Instruct,
+BERTScore-F1 on MiniLM, the bundled short factual QA
 set. Paper scale: an SFT'd policy (model=), the CONQORD data (data=<jsonl of {question, answer}>
-data_format=qa), k=2, lr=3e-6. Formulas and defaults: docs/methods.md. Outputs: the artefacts of
-`align_jax.experiment`.
+data_format=qa), k=2, lr=3e-6. Formulas and defaults: docs/methods.md.
+
+Outputs in runs/refalign_confidence-<timestamp>/ (or out_dir=; re-using it resumes): config.json,
+metrics.jsonl and tb/, checkpoints/, curves.png, eval_before.json, eval_after.json (accuracy,
+parse rate, ECE / Brier / AUROC on parsed answers, *_all with unparsed = unparsed_confidence,
+*_both on answers parsed before and after), reliability.png, samples.md (prompt, reference,
+before, after), export/ (export=true).
 """
 
 from __future__ import annotations
@@ -38,6 +44,7 @@ class Config(ex.OnlineExperiment):
     data_format: str = "qa"  # None data = the bundled confidence_qa set
     alpha: float = 0.5  # weight of the order term
     missing_penalty: float = -0.5  # order reward of a sample with no parsable confidence
+    unparsed_confidence: float = 0.5  # the *_all metrics count a missing confidence as this
     sampling: SamplingConfig = SamplingConfig(max_new_tokens=32, temperature=1.0)
 
 
@@ -59,19 +66,23 @@ def confidence_reward(similarity, k: int, alpha: float, missing_penalty: float) 
     return fn
 
 
-def calibration_eval(policy, tokenizer, records, similarity, max_new_tokens, mesh) -> tuple[dict, list]:
+def judged(records, answers) -> tuple[np.ndarray, np.ndarray]:
+    """(stated confidence, NaN where none; correct = the reference inside the answer part)."""
+    c = np.array([np.nan if (v := conf.parse_confidence(a)) is None else v for a in answers])
+    correct = np.array([r["reference"].lower().strip(" .") in conf.strip_confidence(a).lower()
+                        for r, a in zip(records, answers)], bool)
+    return c, correct
+
+
+def calibration_eval(policy, tokenizer, records, similarity, max_new_tokens, mesh,
+                     unparsed_confidence: float) -> tuple[dict, list]:
     answers = generate_answers(policy, tokenizer, records,
                                SamplingConfig(max_new_tokens=max_new_tokens, greedy=True), mesh=mesh)
     body = [conf.strip_confidence(a) for a in answers]
     quality = np.asarray(similarity(body, [r["reference"] for r in records]), np.float64)
-    correct = np.array([r["reference"].lower().strip(" .") in b.lower() for r, b in zip(records, body)])
-    c = np.array([np.nan if (v := conf.parse_confidence(a)) is None else v for a in answers])
-    ok = ~np.isnan(c)
-    m = {"quality": float(quality.mean()), "accuracy": float(correct.mean()),
-         "parsed_frac": float(ok.mean()),
-         "ece": conf.ece(c[ok], correct[ok]) if ok.any() else float("nan"),
-         "auroc": conf.auroc(c[ok], correct[ok]) if ok.any() else float("nan"),
-         "pearson": conf.pearson(c[ok], quality[ok]) if ok.any() else float("nan")}
+    c, correct = judged(records, answers)
+    m = {"quality": float(quality.mean()),
+         **conf.calibration_metrics(c, correct, quality, unparsed_confidence)}
     return m, answers
 
 
@@ -92,15 +103,22 @@ def main(argv: list[str]) -> dict:
 
     def held_out(model):
         m, answers = calibration_eval(model, tokenizer, evals, similarity,
-                                      cfg.sampling.max_new_tokens, mesh)
+                                      cfg.sampling.max_new_tokens, mesh, cfg.unparsed_confidence)
         return {"metrics": m, "answers": answers}
 
     before, policy, after = ex.train_between_evals(
         cfg, run_dir, policy, tokenizer, train, reward_fn, held_out, mesh=mesh,
         label="refalign_confidence")
+    # ---- calibration on the answers parsed both before and after; reliability diagram
+    (cb, yb), (ca, ya) = (judged(evals, e["answers"]) for e in (before, after))
+    both_b, both_a = conf.paired_calibration(cb, yb, ca, ya)
+    before, after = ({**e, "metrics": {**e["metrics"], **b}}
+                     for e, b in ((before, both_b), (after, both_a)))
+    conf.plot_reliability({"before": (cb, yb), "after": (ca, ya)}, run_dir / "reliability.png",
+                          title="held-out reliability (parsed answers)")
     return ex.finish(run_dir, "RefAlign confidence", before, after,
                      [r["question"] for r in evals], order=range(min(10, len(evals))),
-                     columns={"reference": [r["reference"] for r in evals]},
+                     references=[r["reference"] for r in evals],
                      policy=policy, tokenizer=tokenizer, export=cfg.export)
 
 

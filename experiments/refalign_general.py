@@ -6,11 +6,16 @@ similarity of K samples to the reference. `method=simpo` runs the paper's compar
 the same loop: online SimPO whose (chosen, rejected) pairs are the best / worst of the K samples
 ranked by the same BERTScore.
 
-Offline default: SmolLM2-135M-Instruct, BERTScore-F1 on MiniLM, the bundled preference set's
+Offline default (2 CPU cores: 7 min 45 s, one run at a time, issue 20): SmolLM2-135M-Instruct,
+BERTScore-F1 on MiniLM, the bundled preference set's
 prompts with their `chosen` answers as references. Paper scale: data=<jsonl of {prompt,
 reference}> (or any pairs file with data_format=pairs: `chosen` becomes the reference),
 model=<Llama-3-8B-Instruct dir>, encoder=<deberta-xlarge-mnli dir> bertscore_layers=19, lr=3e-6.
-Formulas and defaults: docs/methods.md. Outputs: the artefacts of `align_jax.experiment`.
+Formulas and defaults: docs/methods.md.
+
+Outputs in runs/refalign_general_<method>-<timestamp>/ (or out_dir=; re-using it resumes):
+config.json, metrics.jsonl and tb/, checkpoints/, curves.png, eval_before.json, eval_after.json,
+samples.md (prompt, reference, before, after), export/ (export=true).
 """
 
 from __future__ import annotations
@@ -81,7 +86,8 @@ def main(argv: list[str]) -> dict:
         label=f"refalign_general_{cfg.method}", objective=objective)
     return ex.finish(run_dir, f"general preference: {cfg.method}", before, after,
                      [prompt_text(r["prompt"]) for r in evals], order=range(min(10, len(evals))),
-                     policy=policy, tokenizer=tokenizer, export=cfg.export)
+                     references=[r.get("reference", "") for r in evals], policy=policy,
+                     tokenizer=tokenizer, export=cfg.export)
 
 
 if __name__ == "__main__":

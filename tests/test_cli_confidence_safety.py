@@ -48,6 +48,14 @@ def test_overrides_types_and_errors():
     ("Confidence: 20%. On reflection, Confidence: 60%", 0.6),
     ("Just Paris.", None),
     ("Confidence: 250%", None),
+    ("63 - 20 = 33. I'm 99.9% confident", 0.999),  # issue 20: a trained policy's phrasing
+    ("Paris.\nConfidence: 0.8", 0.8),
+    ("Paris.\nconfidence: high", 0.75),
+    ("It's 12. 80% sure.", 0.8),
+    ("Confidence level: 8/10", 0.8),
+    ("I am confident at about 70%", 0.7),
+    ("Answer: 5, with 65% confidence", 0.65),
+    ("Confidence: 1000%", None),
 ])
 def test_parse_confidence(text, want):
     got = C.parse_confidence(text)
@@ -77,7 +85,7 @@ def test_calibration_metrics_hand_computed():
     assert C.auroc(np.array([0.5, 0.5]), np.array([1, 0])) == pytest.approx(0.5)
     assert math.isnan(C.auroc(conf, np.ones(4)))
     assert C.pearson([1, 2, 3], [2, 4, 6]) == pytest.approx(1.0)
-    rep = C.calibration_report([0.9, np.nan, 0.1], [1.0, 0.0, 0.0], correct_threshold=0.5)
+    rep = C.calibration_metrics([0.9, np.nan, 0.1], [True, False, False])
     assert rep["parsed_frac"] == pytest.approx(2 / 3) and rep["auroc"] == 1.0
 
 

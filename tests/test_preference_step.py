@@ -6,6 +6,7 @@ LoRA-off reference, one device for the mesh, and the disk cache against per-batc
 
 import dataclasses
 import functools
+import json
 import math
 import os
 
@@ -115,12 +116,14 @@ def test_dpo_run_raises_accuracy_and_margin(tiny, tmp_path):
     # policy == reference at the start: every reward is 0 and the loss is exactly log 2
     assert b["loss"] == pytest.approx(math.log(2.0), abs=1e-6)
     assert b["rewards/margins"] == pytest.approx(0.0, abs=1e-6)
-    assert b["rewards/accuracies"] == 0.0
+    assert b["rewards/accuracies"] == 0.5  # every pair ties: a fair coin (losses.accuracy)
     assert a["rewards/accuracies"] >= 0.9
     assert a["rewards/margins"] > 0.3
     assert a["loss"] < 0.6
     lines = (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()
     assert len(lines) == 25 and (tmp_path / "run" / "curves.png").exists()
+    # step 1 (still the reference, batch shapes of training) agrees with the held-out "before"
+    assert json.loads(lines[0])["train/rewards/accuracies"] == b["rewards/accuracies"] == 0.5
 
 
 # ----------------------------------------------------------------------------- reference cache

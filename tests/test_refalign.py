@@ -164,6 +164,7 @@ def test_advantage_components_weighted_sum():
     adv_c, _ = ra.compute_advantages(comps, 2, ra.RefAlignConfig(adv_clip=0.5))
     np.testing.assert_allclose(adv_c, [0.05 + 2.0, -0.05 - 2.0, -0.1, 0.1], atol=1e-6)
     assert stats["reward/sim"] == pytest.approx(0.725)
+    assert stats["reward/total"] == pytest.approx(0.725 + 4.0 * 0.0)  # Σ_c w_c · mean(R_c)
     # harmless without a baseline: A_harm = R_harm, so the second prompt's tied scores (e.g. K
     # refusals of a benign prompt, each penalised) still push; sim keeps the mean-of-K baseline
     comps2 = {"sim": comps["sim"], "harmless": (np.array([1.0, -1.0, -0.5, -0.5], np.float32), 4.0)}

@@ -16,7 +16,6 @@ from typing import Sequence
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 
 from align_jax.algorithms import refalign as ra
 from align_jax.data.loader import DataLoader
@@ -26,6 +25,7 @@ from align_jax.rewards.compose import RewardFn
 from align_jax.sampling.sampler import SamplingConfig
 from align_jax.sanity import check_config
 from align_jax.sharding import place_batch
+from align_jax.train.base_model import base_identity
 from align_jax.train.guard import SKIP_KEY
 from align_jax.train.loop import LoopConfig, run_loop
 from align_jax.train.metrics import compute
@@ -64,7 +64,7 @@ class RolloutSource:
                         if init_params is not None else None)
         self.base_key = jax.random.PRNGKey(loop.seed + 1)
         self.last = None  # the latest rollout (for callbacks)
-        self.last_kl = float("nan")
+        self.last_kl: tuple[int, float] | None = None  # (step, KL) of the latest measurement
 
     def next(self, state, step: int):
         t0 = time.perf_counter()
@@ -80,7 +80,8 @@ class RolloutSource:
         dev_batch = place_batch(batch, self.mesh)
         if self.kl_penalty or (self.loop.kl_every and step % self.loop.kl_every == 0):
             lp0, kl_sum, n = self.init_fn(self.init_params, dev_batch)
-            stats["kl_to_init"] = self.last_kl = float(kl_sum) / max(float(n), 1.0)
+            stats["kl_to_init"] = float(kl_sum) / max(float(n), 1.0)
+            self.last_kl = (step + 1, stats["kl_to_init"])
             if self.kl_penalty:  # the loss adds kl_coef · k3(π_θ, π_init) on these tokens
                 dev_batch = {**dev_batch, "init_logps": lp0}
         stats.update(ra.rollout_stats(ro, self.sampling.max_new_tokens))
@@ -137,20 +138,16 @@ def train_online(model, tokenizer, examples: Sequence, reward_fn: RewardFn, *,
     def throughput(step, state, stats):
         stats["samples_per_s"] = len(source.last.texts) / max(stats["time/step_s"], 1e-9)
 
-    def postfix(stats):
-        return {"reward": f"{_main_reward(stats):.4f}", "len": f"{stats['len/mean']:.1f}",
-                "kl": f"{source.last_kl:.4f}"}
+    def postfix(stats):  # each field says what it is: Σ_c w_c·R_c, tokens, KL and its step
+        kl = ({f"kl@{source.last_kl[0]}": f"{source.last_kl[1]:.4f}"} if source.last_kl
+              else {"kl": "not measured yet"})
+        return {"total_reward": f"{stats['reward/total']:.4f}",
+                "tokens": f"{stats['len/mean']:.1f}", **kl}
 
     callback = (None if step_callback is None
                 else (lambda step, stats: step_callback(step, stats, source.last)))
     state = run_loop(state, source, update, run_dir, loop, label=label, postfix=postfix,
-                     hooks=[throughput], step_callback=callback)
+                     hooks=[throughput], step_callback=callback,
+                     base=base_identity(model, bundle.frozen))
     return bundle.merge(state.params), state
 
-
-def _main_reward(stats: dict) -> float:
-    for k in ("reward/sim", "reward/quality"):
-        if k in stats:
-            return stats[k]
-    vals = [v for k, v in stats.items() if k.startswith("reward/") and not k.endswith("_std")]
-    return float(np.mean(vals)) if vals else float("nan")

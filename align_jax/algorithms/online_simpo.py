@@ -61,4 +61,5 @@ class OnlineSimPOObjective:
                  "pairs/reward_gap": float((r_pk.max(1) - r_pk.min(1)).mean())}
         for name, (scores, _) in components.items():
             stats.setdefault(f"reward/{name}", float(np.mean(scores)))
+        stats["reward/total"] = float(sum(w * np.mean(s) for s, w in components.values()))
         return batch, stats

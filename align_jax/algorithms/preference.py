@@ -31,6 +31,7 @@ from align_jax.errors import ConfigError
 from align_jax.sanity import check_config
 from align_jax.sharding import place_batch
 from align_jax.train import report
+from align_jax.train.base_model import base_identity
 from align_jax.train.loop import LoopConfig, eval_once, every, run_loop
 from align_jax.train.metrics import add_sum_count, compute
 from align_jax.train.optim import OptimConfig
@@ -121,7 +122,7 @@ def evaluate(eval_step, state, data: PrefData, batch_size: int, mesh=None) -> di
                                                               mesh)))
     out = compute(acc)
     _check_overflow(out.get("tokens/overflow", 0.0))
-    out["examples"] = float(n)
+    out["examples"] = int(n)  # a count
     return out
 
 
@@ -187,6 +188,7 @@ def train_preference(model, train: PrefData, loss_fn: Callable, cfg: TrainConfig
     if reference == "batch" and not has_lora(model):
         # copy BEFORE any restore: the reference is the initial model, not the resumed one
         bundle = RefModelBundle.wrap(bundle, jax.tree.map(jnp.copy, state.params))
+    base = base_identity(model, bundle.frozen)  # LoRA: checkpoints hold the adapters only
     step_fn = make_train_step(loss_fn, opt, bundle, mesh, compiler_options=compiler_options)
     eval_step = make_eval_step(loss_fn, bundle, mesh, compiler_options=compiler_options)
     source = PreferenceSource(train, cfg, mesh)
@@ -211,15 +213,15 @@ def train_preference(model, train: PrefData, loss_fn: Callable, cfg: TrainConfig
     if eval_data is not None:
         hooks.append(every(cfg.eval_every, lambda step, st: held_out(st)))
 
-    def postfix(stats):
-        acc_key = next((k for k in ("train/rewards/accuracies", "train/rewards/top1_accuracy")
-                        if k in stats), None)
-        return {"loss": f"{stats['train/loss']:.4f}",
-                "acc": f"{stats[acc_key]:.2f}" if acc_key else "-"}
+    def postfix(stats):  # this step's training batch; a tie counts 0.5 (losses.accuracy)
+        acc = {name: f"{stats[k]:.2f}" for k, name in (("train/rewards/accuracies", "pair_acc"),
+                                                        ("train/rewards/top1_accuracy", "top1_acc"))
+               if k in stats}
+        return {"loss": f"{stats['train/loss']:.4f}", **acc}
 
     state = run_loop(state, source, make_preference_update(step_fn), run_dir, cfg, label=name,
                      postfix=postfix, hooks=hooks, start_hook=before_training,
-                     step_callback=step_callback)
+                     step_callback=step_callback, base=base)
 
     after: dict[str, float] = {}
     if eval_data is not None:
@@ -235,6 +237,6 @@ def train_preference(model, train: PrefData, loss_fn: Callable, cfg: TrainConfig
 
 
 def _fmt(m: dict) -> str:
-    return ", ".join(f"{k}={v:.4f}" for k, v in m.items() if k in (
+    return ", ".join(f"{k}={report.fmt_value(v)}" for k, v in m.items() if k in (
         "loss", "rewards/accuracies", "rewards/margins", "rewards/top1_accuracy", "rpo/row_loss",
         "kl", "examples"))

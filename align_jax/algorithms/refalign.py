@@ -81,7 +81,8 @@ def compute_advantages(components: Mapping[str, tuple[np.ndarray, float]], k: in
                        cfg: RefAlignConfig) -> tuple[np.ndarray, dict[str, float]]:
     """Σ_c w_c · adv(R_c) per row, each component's advantage over its prompt's K samples."""
     total = None
-    stats: dict[str, float] = {}
+    stats: dict[str, float] = {"reward/total": float(sum(w * np.mean(scores)  # Σ_c w_c · R_c
+                                                         for scores, w in components.values()))}
     methods = component_advantage_methods(cfg.component_advantage)
     for name, (scores, w) in components.items():
         r_pk = jnp.asarray(scores, jnp.float32).reshape(-1, k)

@@ -27,6 +27,7 @@ from typing import ClassVar, NamedTuple
 import jax
 import jax.numpy as jnp
 
+from .accuracy import top1_accuracy
 from .registry import get_loss, register_loss
 
 Array = jax.Array
@@ -87,11 +88,11 @@ def _metrics(s_bk: Array, inp: ListLogps, losses_b: Array) -> dict[str, Array]:
     s = jax.lax.stop_gradient(s_bk)
     neg = _neg(s.dtype)
     best_psi = jnp.argmax(jnp.where(inp.mask, inp.scores, neg), axis=-1)
-    best_s = jnp.argmax(jnp.where(inp.mask, s, neg), axis=-1)
     return {
         "loss": jax.lax.stop_gradient(losses_b),
         "rewards/best": jnp.take_along_axis(s, best_psi[:, None], -1)[:, 0],
-        "rewards/top1_accuracy": (best_psi == best_s).astype(s.dtype),
+        # ties among the policy's top items: a fair coin (1/K while policy == reference)
+        "rewards/top1_accuracy": top1_accuracy(s, inp.scores, inp.mask),
     }
 
 

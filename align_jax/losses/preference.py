@@ -26,6 +26,7 @@ from typing import ClassVar, NamedTuple
 import jax
 import jax.numpy as jnp
 
+from .accuracy import pair_accuracy
 from .registry import loss_spec, register_loss
 
 Array = jax.Array
@@ -409,7 +410,7 @@ def _metrics(inp: PairLogps, c: _Ctx, cfg: PrefConfig, reward: str) -> dict[str,
         "rewards/chosen": rc,
         "rewards/rejected": rr,
         "rewards/margins": rc - rr,
-        "rewards/accuracies": (rc > rr).astype(rc.dtype),
+        "rewards/accuracies": pair_accuracy(rc, rr).astype(rc.dtype),  # a tie counts 0.5
         "logps/chosen": jax.lax.stop_gradient(c.lp_c),
         "logps/rejected": jax.lax.stop_gradient(c.lp_r),
     }

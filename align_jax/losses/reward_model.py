@@ -14,6 +14,7 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 
+from align_jax.losses.accuracy import pair_accuracy
 from align_jax.losses.registry import register_loss
 
 Array = jax.Array
@@ -44,7 +45,8 @@ def bradley_terry_loss(inp: RewardPair, cfg: RewardLossConfig = RewardLossConfig
     sg = jax.lax.stop_gradient
     metrics = {
         "rm/bt_nll": (sg(nll.sum()), n),
-        "rewards/accuracies": (sg((inp.chosen > inp.rejected).astype(diff.dtype).sum()), n),
+        "rewards/accuracies": (pair_accuracy(inp.chosen, inp.rejected).astype(diff.dtype).sum(),
+                               n),  # a tie counts 0.5 (losses.accuracy)
         "rewards/margins": (sg((inp.chosen - inp.rejected).sum()), n),
         "rewards/chosen": (sg(inp.chosen.sum()), n),
         "rewards/rejected": (sg(inp.rejected.sum()), n),

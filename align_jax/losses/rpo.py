@@ -29,6 +29,7 @@ from typing import ClassVar, NamedTuple
 import jax
 import jax.numpy as jnp
 
+from .accuracy import pair_accuracy
 from .registry import register_loss
 
 Array = jax.Array
@@ -125,7 +126,8 @@ def rpo_loss(inp: RPOInputs, cfg: RPOConfig) -> tuple[Array, dict[str, Array]]:
         "rewards/chosen": rc * row_ok.astype(c.dtype),
         "rewards/rejected": rr * col_ok.astype(c.dtype),
         "rewards/margins": (rc - rr) * (row_ok & col_ok).astype(c.dtype),
-        "rewards/accuracies": ((rc > rr) & row_ok & col_ok).astype(c.dtype),
+        "rewards/accuracies": pair_accuracy(rc, rr).astype(c.dtype)  # a tie counts 0.5
+        * (row_ok & col_ok).astype(c.dtype),
     }
     return loss, metrics
 

@@ -41,6 +41,7 @@ def load_causal_lm(path_or_id: str | os.PathLike | None = None, dtype: str = "fl
 
         model = load_hf_dir(src, mesh=mesh, **cfg_overrides)
         tok = load_hf_tokenizer(src)
+    model.source = str(src)  # static: recorded in LoRA checkpoints (train.base_model)
     return model, tok
 
 

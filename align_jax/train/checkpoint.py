@@ -286,13 +286,18 @@ def _why(e: BaseException, limit: int = 200) -> str:
     return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
-def resume(ckpt: Checkpointer, state, loader, run_dir=None):
+def resume(ckpt: Checkpointer, state, loader, run_dir=None, base: dict | None = None):
     """Restore the newest complete checkpoint (state + data-loader position) if there is one.
-    -> (state, start_step, resumed). Used by every training loop so resume works the same."""
+    -> (state, start_step, resumed). Used by every training loop so resume works the same.
+    ``base``: this run's LoRA base (``train.base_model.base_identity``); a checkpoint trained on
+    another base is refused (ConfigError naming both)."""
+    from align_jax.train.base_model import check_same_base
+
     restored = ckpt.restore_latest(state)
     if restored is None:
         return state, 0, False
     state, extra, start = restored
+    check_same_base(extra.get("base"), base, ckpt.directory / str(start))
     if loader is not None and "loader" in extra:
         loader.load_state_dict(extra["loader"])
     print(f"[align_jax] resumed from {ckpt.directory} at step {start}")

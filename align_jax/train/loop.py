@@ -56,14 +56,17 @@ Hook = Callable[[int, Any, dict], None]
 def run_loop(state, source: BatchSource, update: Callable, run_dir, cfg: LoopConfig, *,
              label: str, postfix: Callable[[Mapping], Mapping[str, str]] | None = None,
              hooks: Iterable[Hook] = (), start_hook: Callable[[], None] | None = None,
-             step_callback: Callable[[int, dict], None] | None = None):
+             step_callback: Callable[[int, dict], None] | None = None,
+             base: dict | None = None):
     """Run ``cfg.steps`` steps of ``source`` → ``update`` in ``run_dir`` (resuming it) -> state.
 
     ``start_hook`` runs once the run directory is locked, before the checkpoint is restored
     (e.g. the held-out evaluation of the initial policy). ``label`` names the progress bar (the
-    method's name); ``postfix(stats)`` gives its right-hand fields."""
+    method's name); ``postfix(stats)`` gives its right-hand fields. ``base``: a LoRA run's base
+    model record (``train.base_model.base_identity``): its checkpoints hold the adapters only,
+    and resuming onto another base is refused."""
     session = TrainingSession(run_dir, save_every=cfg.save_every, keep=cfg.keep_checkpoints,
-                              max_nonfinite_steps=cfg.max_nonfinite_steps)
+                              max_nonfinite_steps=cfg.max_nonfinite_steps, base=base)
     bar = None
     try:
         if start_hook is not None:

@@ -74,8 +74,9 @@ def plot_curves(metrics_jsonl: str | Path, out_png: str | Path,
 
 def plot_overlay(runs: Mapping[str, Sequence[Mapping]], out_png: str | Path,
                  keys: Sequence[str] | None = None, title: str = "") -> Path | None:
-    """One panel per key, one line per run (legend = the run's name; no legend for one run named
-    ""). Default keys: every run's `curve_keys`, in order of first appearance."""
+    """One panel per key, one colour per run; the legend names each line (the run's name, if not
+    "", and whether it is the raw values or their moving average). Default keys: every run's
+    `curve_keys`, in order of first appearance."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -99,7 +100,7 @@ def plot_overlay(runs: Mapping[str, Sequence[Mapping]], out_png: str | Path,
         ax.set_title(k, fontsize=9)
         ax.set_xlabel("step", fontsize=8)
         ax.grid(alpha=0.3)
-        if any(runs):
+        if ax.get_legend_handles_labels()[0]:
             ax.legend(fontsize=7)
     for ax in list(axes.flat)[n:]:
         ax.axis("off")
@@ -112,12 +113,15 @@ def plot_overlay(runs: Mapping[str, Sequence[Mapping]], out_png: str | Path,
 
 
 def _draw(ax, xs, ys, label: str, color: str) -> None:
-    ax.plot(xs, ys, lw=1.2, alpha=0.5, color=color, label=label or None)
+    """The raw values (thin, faint) and, from 5 points on, their trailing moving average (thick),
+    each named in the legend."""
+    name = f"{label}: " if label else ""
+    ax.plot(xs, ys, lw=1.2, alpha=0.5, color=color, label=f"{name}raw")
     if len(ys) >= 5:  # a moving average makes the trend readable at K=2 noise levels
         w = max(len(ys) // 8, 2)
         sm = [sum(ys[max(0, i - w + 1):i + 1]) / len(ys[max(0, i - w + 1):i + 1])
               for i in range(len(ys))]
-        ax.plot(xs, sm, lw=2, color=color)
+        ax.plot(xs, sm, lw=2, color=color, label=f"{name}mean of last {w}")
 
 
 def _cell(text: str, limit: int = 220) -> str:
@@ -127,27 +131,45 @@ def _cell(text: str, limit: int = 220) -> str:
 
 
 def sample_table(prompts: Sequence[str], before: Sequence[str], after: Sequence[str],
-                 extra_cols: Mapping[str, Sequence] | None = None) -> str:
-    """Markdown table: prompt | before | after (| extra columns)."""
+                 extra_cols: Mapping[str, Sequence] | None = None,
+                 references: Sequence[str] | None = None) -> str:
+    """Markdown table: prompt | reference | before | after (| extra columns); the reference
+    column reads "–" for rows without one (``references`` None: a method with no reference)."""
     extra_cols = dict(extra_cols or {})
-    head = ["prompt", "before", "after", *extra_cols]
+    head = ["prompt", "reference", "before", "after", *extra_cols]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for i, p in enumerate(prompts):
-        row = [_cell(p, 120), _cell(before[i]), _cell(after[i])]
+        ref = references[i] if references is not None and references[i] else "–"
+        row = [_cell(p, 120), _cell(ref), _cell(before[i]), _cell(after[i])]
         row += [_cell(f"{v[i]:.3f}" if isinstance(v[i], float) else v[i]) for v in extra_cols.values()]
         lines.append("| " + " | ".join(row) + " |")
     return "\n".join(lines) + "\n"
 
 
+def fmt_value(v) -> str:
+    """A metric as printed: counts as integers, a reason string (``undefined (one class)``) as
+    is, a NaN without a reason as ``undefined``, anything else with 4 decimals."""
+    if isinstance(v, bool):
+        return str(v).lower()
+    if isinstance(v, int):
+        return str(v)
+    if isinstance(v, str):
+        return v
+    if v is None or (isinstance(v, float) and v != v):
+        return "undefined"
+    return f"{v:.4f}"
+
+
 def fmt_metrics(m: Mapping[str, float]) -> str:
-    return ", ".join(f"{k}={v:.4f}" for k, v in m.items())
+    return ", ".join(f"{k}={fmt_value(v)}" for k, v in m.items())
 
 
 def summary_table(before: Mapping[str, float], after: Mapping[str, float]) -> str:
     """Markdown: metric | before | after (timing and token counts left out)."""
     lines = ["| metric | before | after |", "|---|---|---|"]
     for k in (k for k in before if not k.startswith(("time", "tokens/"))):
-        lines.append(f"| {k} | {before[k]:.4f} | {after.get(k, float('nan')):.4f} |")
+        now = fmt_value(after[k]) if k in after else "–"
+        lines.append(f"| {k} | {fmt_value(before[k])} | {now} |")
     return "\n".join(lines) + "\n"
 
 
@@ -167,10 +189,16 @@ def seed_table(runs: Sequence[Mapping]) -> str:
     [{"seed": s, "before": {...}, "after": {...}}] (sd = sample standard deviation, n − 1)."""
     import numpy as np
 
-    def ms(vals):
-        v = np.asarray(vals, np.float64)
+    def ms(vals):  # over the seeds where the metric is defined (a number, not NaN)
+        v = np.asarray([x for x in vals if _defined(x)], np.float64)
+        if not len(v):
+            return "undefined"
         sd = float(v.std(ddof=1)) if len(v) > 1 else 0.0
-        return f"{v.mean():.3f} ± {sd:.3f}"
+        n = "" if len(v) == len(vals) else f" ({len(v)} of {len(vals)} seeds)"
+        return f"{v.mean():.3f} ± {sd:.3f}{n}"
+
+    def one(x):
+        return f"{x:.3f}" if _defined(x) else fmt_value(x)
 
     seeds = [r["seed"] for r in runs]
     head = ["metric", "before", "after"] + [f"after (seed {s})" for s in seeds]
@@ -178,5 +206,9 @@ def seed_table(runs: Sequence[Mapping]) -> str:
     for k in runs[0]["after"]:
         b = [r["before"].get(k, float("nan")) for r in runs]
         a = [r["after"].get(k, float("nan")) for r in runs]
-        lines.append("| " + " | ".join([k, ms(b), ms(a)] + [f"{x:.3f}" for x in a]) + " |")
+        lines.append("| " + " | ".join([k, ms(b), ms(a)] + [one(x) for x in a]) + " |")
     return "\n".join(lines) + "\n"
+
+
+def _defined(x) -> bool:
+    return isinstance(x, (int, float)) and not isinstance(x, bool) and x == x

@@ -33,8 +33,9 @@ class TrainingSession:
     metrics log; :meth:`end_step` after each step; :meth:`close` (or ``with``) at the end."""
 
     def __init__(self, run_dir, *, save_every: int, keep: int | None,
-                 max_nonfinite_steps: int = 3):
+                 max_nonfinite_steps: int = 3, base: dict | None = None):
         self.run_dir = Path(run_dir)
+        self.base = base  # a LoRA run's base model record (train.base_model), saved and checked
         self._lock = runlock.hold(self.run_dir)
         self._lock.__enter__()
         self.ckpt = self.logger = self.loader = None
@@ -51,7 +52,7 @@ class TrainingSession:
         """-> (state, start step): the newest checkpoint's state and loader position, or the
         given state and 0."""
         self.loader = loader
-        state, start, _ = resume(self.ckpt, state, loader)
+        state, start, _ = resume(self.ckpt, state, loader, base=self.base)
         # rows logged after the restored step (or by a run killed before its first checkpoint)
         # are dropped, so every step appears once
         self.logger = MetricsLogger(self.run_dir, resume_step=start)
@@ -60,7 +61,10 @@ class TrainingSession:
     def end_step(self, step: int, stats: dict, state, final: bool = False) -> None:
         self.logger.log(step, stats)
         self.guard.observe(step, stats, self.ckpt.latest_step)
-        self.ckpt.save(step, state, extra={"loader": self.loader.state_dict()}, force=final)
+        extra = {"loader": self.loader.state_dict()}
+        if self.base is not None:
+            extra["base"] = self.base
+        self.ckpt.save(step, state, extra=extra, force=final)
 
     def close(self) -> None:
         try:
