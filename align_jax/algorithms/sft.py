@@ -26,6 +26,7 @@ from align_jax.data.loader import DataLoader
 from align_jax.data.tokenize import TokenizeConfig, sequence_batch
 from align_jax.errors import ConfigError
 from align_jax.sharding import place_batch
+from align_jax.train.base_model import base_identity
 from align_jax.train.loop import LoopConfig, run_loop
 from align_jax.train.metrics import compute
 from align_jax.train.optim import OptimConfig
@@ -91,5 +92,6 @@ def warm_up(model, tokenizer, records: Sequence[dict], cfg: SFTConfig, run_dir: 
     loop_cfg = LoopConfig(steps=cfg.steps, seed=seed, save_every=cfg.save_every,
                           progress=progress)
     state = run_loop(state, source, update, Path(run_dir), loop_cfg, label="sft warm-up",
-                     postfix=lambda s: {"nll": f"{s.get('train/nll', float('nan')):.3f}"})
+                     postfix=lambda s: {"nll": f"{s.get('train/nll', float('nan')):.3f}"},
+                     base=base_identity(model, bundle.frozen))
     return bundle.merge(state.params)
