@@ -1,10 +1,10 @@
-"""python experiments/ap_compare.py [rm=PATH] [loss=simpo|sigmoid|…] [selectors=ap,explicit,…] [top=0.2] [key=value ...]
+"""python experiments/ap_compare.py [rm=PATH] [loss=simpo|…] [selectors=…] [top=0.2] [key=value ...]
 
 Does alignment-potential selection help (arXiv 2503.01864, ALGORITHMS.md §4)? One policy, one
 budget (`steps` × `batch_size` pairs, same seed), trained once per selector on that selector's
 subset of the SAME size — `ap` (M_AP = z(m_ex) − w·z(m_im)), `explicit`, `implicit_large`,
-`implicit_small`, `random` (experiments/ap_select.py's margins: the implicit pass is cached) — with
-the preference step of experiments/dpo.py (SimPO by default, any registered pairwise loss by
+`implicit_small`, `random` (experiments/ap_select.py's margins; the implicit pass is cached) —
+with the preference step of experiments/dpo.py (SimPO by default, any registered pairwise loss by
 `loss=`). Each trained policy answers the held-out prompts (greedy); a reward model scores every
 answer, and per selector the table gives the mean reward and the win rate against the initial
 policy's answer to the same prompt (ties count ½).
@@ -48,9 +48,8 @@ import numpy as np  # noqa: E402
 from align_jax.algorithms import ap_experiments as apx, ap_margins  # noqa: E402
 from align_jax.algorithms.preference import TrainConfig, load_policy  # noqa: E402
 from align_jax.cli import parse_overrides, run_main  # noqa: E402
-from align_jax.data import bundled_path, prompt_text, selection  # noqa: E402
-from align_jax.experiment import (PreferenceExperiment, held_out_split, mesh_of,  # noqa: E402
-                                  open_run, train_policy)
+from align_jax.data import selection  # noqa: E402
+from align_jax.experiment import PreferenceExperiment, mesh_of, open_run, train_policy  # noqa: E402
 from align_jax.losses import PrefConfig, loss_spec  # noqa: E402
 from align_jax.sampling import SamplingConfig  # noqa: E402
 from align_jax.train import report  # noqa: E402
@@ -83,30 +82,13 @@ def reward_model_dir(cfg: Config, run_dir: Path) -> str:
         return cfg.rm
     out = run_dir / "reward_model"
     if not (out / "export" / "config.json").is_file():
-        spec = importlib.util.spec_from_file_location("_rm_exp", Path(__file__).with_name("reward_model.py"))
-        mod = importlib.util.module_from_spec(spec)
+        spec = importlib.util.spec_from_file_location(
+            "_rm_exp", Path(__file__).with_name("reward_model.py"))
+        mod = sys.modules["_rm_exp"] = importlib.util.module_from_spec(spec)  # for dataclasses
         spec.loader.exec_module(mod)
         mod.main([f"out_dir={out}", f"steps={cfg.rm_steps}", f"mesh={cfg.mesh}", "export=true",
                   *([f"model={cfg.model}"] if cfg.model else []), f"dtype={cfg.dtype}"])
     return str(out / "export")
-
-
-def splits(cfg: Config):
-    """(pool pairs and their raw records, held-out prompts): the bundled split, or eval_data,
-    or the first 10% of data held out."""
-    pairs, records = selection.load_pair_rows(cfg.data or bundled_path("preference"),
-                                              cfg.data_format)
-    if cfg.data is None:
-        keep = [i for i, p in enumerate(pairs) if p.meta.get("split") != "eval"]
-        held = [p for p in pairs if p.meta.get("split") == "eval"]
-    elif cfg.eval_data:
-        keep, held = list(range(len(pairs))), selection.load_pair_rows(cfg.eval_data, cfg.data_format)[0]
-    else:
-        keep, held_idx = held_out_split(range(len(pairs)))
-        held = [pairs[i] for i in held_idx]
-    keep = keep[: cfg.pool or None]
-    prompts = [prompt_text(p.prompt) for p in held][: cfg.eval_prompts or None]
-    return [pairs[i] for i in keep], [records[i] for i in keep], prompts, held
 
 
 def main(argv: list[str]) -> dict:
@@ -120,7 +102,8 @@ def main(argv: list[str]) -> dict:
     rm_path = reward_model_dir(cfg, run_dir)
 
     # 1. the pool, its two margins (implicit: the initial policy, cached) and the subsets
-    pairs, records, prompts, held = splits(cfg)
+    pairs, records, prompts, held = apx.pool_and_held_out(cfg.data, cfg.data_format, cfg.eval_data,
+                                                          cfg.pool, cfg.eval_prompts)
     explicit = ap_margins.resolve_explicit(cfg.explicit, records)
     m_ex = ap_margins.explicit_margins(explicit, pairs, records,
                                        reference_field=cfg.reference_field, mesh=mesh)

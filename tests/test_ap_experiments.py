@@ -113,7 +113,7 @@ def start(args, env):
     return res
 
 
-TINY_TRAIN = ["steps=2", "batch_size=2", "ref_batch_size=4", "eval_examples=2",
+TINY_TRAIN = ["steps=2", "lr=0.01", "batch_size=2", "ref_batch_size=4", "eval_examples=2",
               "max_prompt_len=16", "max_completion_len=16", "pad_multiple=8"]
 
 
@@ -125,7 +125,8 @@ def test_ap_compare_tiny_end_to_end_and_resume(tiny_dirs, run_env, tmp_path):
             f"out_dir={out}", *TINY_TRAIN]
     start(args, run_env)
     subsets = json.loads((out / "subsets.json").read_text())
-    assert subsets["pool"] == 18 and len(subsets["ap"]) == len(subsets["random"]) == 4
+    assert subsets["pool"] == 18
+    assert len(subsets["ap"]) == len(subsets["random"]) == selection.num_selected(18, 0.25) == 5
     initial = json.loads((out / "initial.json").read_text())
     assert len(initial["prompts"]) == 2 == len(initial["rewards"])
     rows = json.loads((out / "results.json").read_text())
@@ -136,7 +137,7 @@ def test_ap_compare_tiny_end_to_end_and_resume(tiny_dirs, run_env, tmp_path):
         assert (out / row["selector"] / "metrics.jsonl").is_file()
         assert not (out / row["selector"] / "checkpoints").exists()
     assert (out / "compare.png").read_bytes()[:4] == b"\x89PNG"
-    assert "| ap | 4 |" in (out / "summary.md").read_text()
+    assert "| ap | 5 |" in (out / "summary.md").read_text()
     stamp = (out / "ap" / "heldout.json").stat().st_mtime_ns
     res = start(args, run_env)  # resumed: nothing is trained again
     assert "training on" not in res.stdout

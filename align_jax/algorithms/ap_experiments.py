@@ -45,6 +45,28 @@ def selector_subsets(m_ex, m_im, selectors: Sequence[str], top: float, *, w: flo
             for s in selectors}
 
 
+def pool_and_held_out(data: str | None, data_format: str = "auto", eval_data: str | None = None,
+                      pool: int | None = None, eval_prompts: int | None = None):
+    """(pool pairs, their raw records, held-out prompts, held-out pairs): the bundled preference
+    pairs' train / eval split, or ``data`` with ``eval_data`` (else its first 10 % held out);
+    the first ``pool`` pairs and ``eval_prompts`` prompts (None = all)."""
+    from align_jax.data import bundled_path, prompt_text
+    from align_jax.experiment import held_out_split
+
+    pairs, records = selection.load_pair_rows(data or bundled_path("preference"), data_format)
+    if data is None:
+        keep = [i for i, p in enumerate(pairs) if p.meta.get("split") != "eval"]
+        held = [p for p in pairs if p.meta.get("split") == "eval"]
+    elif eval_data:
+        keep, held = list(range(len(pairs))), selection.load_pair_rows(eval_data, data_format)[0]
+    else:
+        keep, held_idx = held_out_split(range(len(pairs)))
+        held = [pairs[i] for i in held_idx]
+    keep = keep[: pool or None]
+    prompts = [prompt_text(p.prompt) for p in held][: eval_prompts or None]
+    return [pairs[i] for i in keep], [records[i] for i in keep], prompts, held
+
+
 def win_rate(after, before) -> float:
     """Fraction of prompts whose trained answer the reward model scores above the initial
     policy's answer to the same prompt; a tie counts one half (AlpacaEval's convention)."""
@@ -72,7 +94,8 @@ def compare_rows(initial, rewards: dict[str, Sequence[float]], sizes: dict[str, 
 
 
 def compare_table(rows: Sequence[dict]) -> str:
-    lines = ["| selector | pairs | mean reward ± s.e. | win rate vs initial |", "|---|---|---|---|"]
+    lines = ["| selector | pairs | mean reward ± s.e. | win rate vs initial |",
+             "|---|---|---|---|"]
     for r in rows:
         win = "—" if r["win_rate"] is None else f"{r['win_rate']:.3f}"
         lines.append(f"| {r['selector']} | {r['pairs']} | {r['mean_reward']:.4f} ± {r['sem']:.4f} "
