@@ -8,7 +8,7 @@ Evolve-then-select self-play (arXiv 2503.01864, ALGORITHMS.md §4). Each round:
      (m_ex = their score gap; a prompt whose answers all tie gives no pair);
   3. select the top `top` of the pairs by M_AP = z(m_ex) − w·z(m_im), w 2.5, m_im the current
      policy's implicit margin (z over the round's pairs);
-  4. train on them with the preference step of experiments/dpo.py (SimPO by default, β 10, γ/β 0.5;
+  4. train on them with the preference step of experiments/dpo.py (SimPO by default, β 10, γ/β .5;
      `loss=` any registered pairwise loss) — the next round starts from the result;
   5. with `evolve`, ask the policy to rewrite the prompts of the `evolve_top` best pairs into new
      prompts, which join the next round (topped up with unused pool prompts to `prompts_per_round`).
@@ -19,7 +19,8 @@ Evolve-then-select self-play (arXiv 2503.01864, ALGORITHMS.md §4). Each round:
 Prompt pool: the bundled preference pairs' train split (their chosen answer as the reference),
 or `data=` pairs / prompt+reference records. Offline default: 2 rounds of 12 prompts × 4 answers
 of ≤ 32 tokens, embedding-cosine scorer (bundled MiniLM), 4 SimPO updates of 2 pairs per round,
-evolve the top 4 prompts; ≈ 10 min on 2 shared CPU cores (see docs/methods.md).
+evolve the top 4 prompts (every round, so a resume with more rounds continues); not timed on a
+quiet machine yet (estimate ≈ 10 min on 2 cores: docs/methods.md).
 
 Outputs in runs/ap_selfplay-<timestamp>/ (or out_dir=; re-using it resumes, a finished round is
 not redone): config.json, rounds/r<k>/ (prompts.jsonl, samples.jsonl: answers + scores,
@@ -44,8 +45,9 @@ import numpy as np  # noqa: E402
 from align_jax.algorithms import ap_experiments as apx, ap_margins  # noqa: E402
 from align_jax.algorithms.preference import TrainConfig, load_policy  # noqa: E402
 from align_jax.cli import parse_overrides, run_main  # noqa: E402
-from align_jax.data import PreferencePair, prompt_text, selection  # noqa: E402
-from align_jax.experiment import PreferenceExperiment, load_splits, mesh_of, open_run, train_policy  # noqa: E402
+from align_jax.data import PreferencePair, selection  # noqa: E402
+from align_jax.experiment import PreferenceExperiment, load_splits, mesh_of  # noqa: E402
+from align_jax.experiment import open_run, train_policy  # noqa: E402
 from align_jax.losses import PrefConfig, loss_spec  # noqa: E402
 from align_jax.models import export_hf  # noqa: E402
 from align_jax.sampling import SamplingConfig  # noqa: E402
@@ -70,33 +72,6 @@ class Config(PreferenceExperiment):
     evolve_top: int = 4
 
 
-def prompt_pool(cfg: Config) -> list[dict]:
-    """[{prompt, reference}] in pool order: training pairs' prompts with their chosen answer."""
-    train, _ = load_splits("preference", cfg.data, cfg.data_format)
-    rows = {}
-    for e in train:  # one row per distinct prompt, first occurrence
-        rows.setdefault(prompt_text(e.prompt), e.chosen if isinstance(e, PreferencePair)
-                        else e.reference)
-    return [{"prompt": p, "reference": r} for p, r in rows.items()]
-
-
-def round_prompts(cfg: Config, pool: list[dict], rdir: Path, k: int) -> list[dict]:
-    """Round 0: the first prompts of the pool; round k: round k−1's evolved prompts, topped up
-    with pool prompts no earlier round used."""
-    if (rdir / "prompts.jsonl").is_file():
-        return apx.read_jsonl(rdir / "prompts.jsonl")
-    used, evolved = set(), []
-    for j in range(k):
-        prev = rdir.parent / f"r{j}"
-        used |= {r["prompt"] for r in apx.read_jsonl(prev / "prompts.jsonl")}
-        if j == k - 1 and (prev / "evolved.jsonl").is_file():
-            evolved = apx.read_jsonl(prev / "evolved.jsonl")
-    fresh = [r for r in pool if r["prompt"] not in used]
-    rows = (evolved + fresh)[: cfg.prompts_per_round]
-    apx.write_jsonl(rdir / "prompts.jsonl", rows)
-    return rows
-
-
 def main(argv: list[str]) -> dict:
     cfg = parse_overrides(Config(), argv)
     for name in cfg.objective.loss_names:
@@ -105,7 +80,7 @@ def main(argv: list[str]) -> dict:
     run_dir = open_run("ap_selfplay", cfg)
     apx.share_compiles(run_dir)  # every round compiles the same programs
     score = apx.make_response_scorer(cfg.scorer, mesh=mesh)
-    pool = prompt_pool(cfg)
+    pool = apx.prompt_pool(load_splits("preference", cfg.data, cfg.data_format)[0])
     held = [e for e in load_splits("preference", cfg.data, cfg.data_format, cfg.eval_data)[1]
             if isinstance(e, PreferencePair)][: cfg.eval_examples or None]  # held-out loss
     rows = []
@@ -118,13 +93,14 @@ def main(argv: list[str]) -> dict:
         prev = run_dir / "rounds" / f"r{k - 1}" / "policy"  # the previous round's result
         model, tok = load_policy(str(prev) if k else cfg.model, dtype=cfg.dtype, mesh=mesh)
         key = jax.random.fold_in(jax.random.PRNGKey(cfg.train.seed), k)
-        prompts = round_prompts(cfg, pool, rdir, k)
+        prompts = apx.round_prompts(pool, rdir, k, cfg.prompts_per_round)
         texts = [r["prompt"] for r in prompts]
 
         # 1–2. sample n answers per prompt, score them, best / worst as the pair
         if not (rdir / "samples.jsonl").is_file():
             answers = apx.sample_answers(model, tok, texts, key, cfg.sampling, mesh=mesh)
-            refs = [r.get("reference") or r["prompt"] for r in prompts for _ in range(cfg.sampling.n)]
+            refs = [r.get("reference") or r["prompt"]  # evolved: the prompt itself
+                    for r in prompts for _ in range(cfg.sampling.n)]
             s = score([t for t in texts for _ in range(cfg.sampling.n)], answers, refs)
             apx.write_jsonl(rdir / "samples.jsonl", [
                 {"prompt": t, "answers": answers[i * cfg.sampling.n:(i + 1) * cfg.sampling.n],
@@ -163,7 +139,7 @@ def main(argv: list[str]) -> dict:
 
         # 5. evolve: the policy rewrites the prompts of the best pairs into new ones
         evolved = []
-        if cfg.evolve and k + 1 < cfg.rounds:
+        if cfg.evolve:  # also in the last round: a resume with more rounds continues from it
             top_prompts = [pairs[i].prompt for i in idx[: cfg.evolve_top]]
             new = apx.evolve_prompts(policy, tok, top_prompts, jax.random.fold_in(key, 1),
                                      cfg.sampling, mesh=mesh)
@@ -172,6 +148,7 @@ def main(argv: list[str]) -> dict:
         tmp = rdir / "policy.tmp"
         shutil.rmtree(tmp, ignore_errors=True)
         export_hf(policy, tok, tmp)
+        shutil.rmtree(rdir / "policy", ignore_errors=True)  # a crash after the rename, re-done
         tmp.rename(rdir / "policy")
         all_scores = np.array([x for r in samples for x in r["scores"]])
         row = {"round": k, "prompts": len(samples), "mean_score": float(all_scores.mean()),
@@ -185,11 +162,9 @@ def main(argv: list[str]) -> dict:
             shutil.rmtree(prev, ignore_errors=True)
         rows.append(row)
         print(f"[align_jax] round {k}: " + ", ".join(f"{a}={b}" for a, b in row.items()))
-    keys = list(rows[0]) if rows else []
-    table = "| " + " | ".join(keys) + " |\n|" + "---|" * len(keys) + "\n" + "".join(
-        "| " + " | ".join(f"{r[c]:.4f}" if isinstance(r[c], float) else str(r[c]) for c in keys)
-        + " |\n" for r in rows)
-    (run_dir / "rounds.md").write_text(f"# ap_selfplay: {len(rows)} rounds ({cfg.scorer})\n\n{table}")
+    table = apx.rows_table(rows)
+    (run_dir / "rounds.md").write_text(f"# ap_selfplay: {len(rows)} rounds, {cfg.scorer}\n\n"
+                                       + table)
     print(table)
     print(f"[align_jax] done: {run_dir}")
     return {"rounds": rows, "run_dir": str(run_dir)}

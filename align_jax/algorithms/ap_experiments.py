@@ -192,6 +192,45 @@ def best_worst_pairs(prompts: Sequence[str], answers: Sequence[str], scores, n: 
     return pairs, np.asarray(margins, np.float64), kept
 
 
+def prompt_pool(examples) -> list[dict]:
+    """[{prompt, reference}] of the self-play pool: one row per distinct prompt (first
+    occurrence), a pair's chosen answer (or a record's reference) as the reference."""
+    from align_jax.data.schemas import prompt_text
+
+    rows: dict[str, str | None] = {}
+    for e in examples:
+        rows.setdefault(prompt_text(e.prompt), e.chosen if isinstance(e, PreferencePair)
+                        else getattr(e, "reference", None))
+    return [{"prompt": p, "reference": r} for p, r in rows.items()]
+
+
+def round_prompts(pool: Sequence[dict], rdir: Path, k: int, size: int) -> list[dict]:
+    """The prompts of round ``k`` (written to ``<rdir>/prompts.jsonl``, read back on resume):
+    round 0 the first ``size`` of the pool; round k round k−1's evolved prompts, topped up with
+    pool prompts no earlier round used (the rounds are ``rdir``'s siblings ``r<j>``)."""
+    if (rdir / "prompts.jsonl").is_file():
+        return read_jsonl(rdir / "prompts.jsonl")
+    used, evolved = set(), []
+    for j in range(k):
+        prev = rdir.parent / f"r{j}"
+        used |= {r["prompt"] for r in read_jsonl(prev / "prompts.jsonl")}
+        if j == k - 1 and (prev / "evolved.jsonl").is_file():
+            evolved = read_jsonl(prev / "evolved.jsonl")
+    rows = (evolved + [r for r in pool if r["prompt"] not in used])[:size]
+    write_jsonl(rdir / "prompts.jsonl", rows)
+    return rows
+
+
+def rows_table(rows: Sequence[dict]) -> str:
+    """Markdown table of dict rows (the keys of the first; floats to 4 decimals)."""
+    if not rows:
+        return ""
+    keys = list(rows[0])
+    fmt = lambda v: f"{v:.4f}" if isinstance(v, float) else str(v)  # noqa: E731
+    return ("| " + " | ".join(keys) + " |\n|" + "---|" * len(keys) + "\n"
+            + "".join("| " + " | ".join(fmt(r[c]) for c in keys) + " |\n" for r in rows))
+
+
 EVOLVE_INSTRUCTION = ("Rewrite the following instruction into a new, different instruction on a "
                       "related topic and of similar difficulty. Reply with the new instruction "
                       "only.\n\nInstruction: {prompt}")
