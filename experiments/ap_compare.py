@@ -14,7 +14,8 @@ policy's answer to the same prompt (ties count ½).
 
 Reward model: `rm=PATH` (any HF …ForSequenceClassification dir), else one trained here with
 experiments/reward_model.py's code path (`rm_steps` updates) into <run>/reward_model — a resumed
-run reuses it. Offline default: the bundled preference pairs' train split (173 pairs; explicit
+run reuses it. `judge=sim:NAME` scores by similarity to the held-out pair's chosen answer instead
+(no reward model: a cheaper, weaker judge). Offline default: the bundled preference pairs' train split (173 pairs; explicit
 margin `auto` = embedding cosine to the prompt, they ship no scores), top 0.2 → 35 pairs per
 selector, 8 SimPO updates of 4 pairs (≈ one epoch of a subset), β 10, γ/β 0.5, lr 1e-5; the 24
 first eval-split prompts, 48 new tokens. ≈ 14 min on 2 shared CPU cores (see docs/methods.md).
@@ -70,6 +71,7 @@ class Config(PreferenceExperiment):
     reference_field: str = "auto"
     pool: int | None = None  # training pairs scored and selected from (None = all)
     rm: str | None = None  # reward model dir; None = train one into <run>/reward_model
+    judge: str = "rm"  # rm (the reward model above) | sim:NAME (similarity to the held-out chosen)
     rm_steps: int = 16  # its updates (experiments/reward_model.py's default)
     eval_prompts: int | None = 24  # held-out prompts answered and scored (None = all)
     eval_max_new_tokens: int = 48  # greedy answers
@@ -99,7 +101,7 @@ def main(argv: list[str]) -> dict:
     mesh = mesh_of(cfg)
     run_dir = open_run("ap_compare", cfg)
     apx.share_compiles(run_dir)  # the five trainings compile the same programs
-    rm_path = reward_model_dir(cfg, run_dir)
+    rm_path = reward_model_dir(cfg, run_dir) if cfg.judge == "rm" else None
 
     # 1. the pool, its two margins (implicit: the initial policy, cached) and the subsets
     pairs, records, prompts, held = apx.pool_and_held_out(cfg.data, cfg.data_format, cfg.eval_data,
@@ -121,12 +123,13 @@ def main(argv: list[str]) -> dict:
     # 2. held-out answers of a policy (greedy), scored by the reward model
     sampling = SamplingConfig(max_new_tokens=cfg.eval_max_new_tokens, greedy=True)
     key = jax.random.PRNGKey(cfg.train.seed)
-    rm = apx.make_response_scorer(f"rm:{rm_path}", mesh=mesh)
+    judge = apx.make_response_scorer(f"rm:{rm_path}" if rm_path else cfg.judge, mesh=mesh)
+    refs = [h.chosen for h in held][: len(prompts)]  # what a sim: judge compares with
 
     def held_out(model) -> dict:
         answers = apx.sample_answers(model, tok, prompts, key, sampling, mesh=mesh)
         return {"prompts": prompts, "answers": answers,
-                "rewards": rm(prompts, answers, prompts).tolist()}
+                "rewards": judge(prompts, answers, refs).tolist()}
 
     initial = eval_once(run_dir / "initial.json", lambda: held_out(policy))
     del policy
@@ -154,7 +157,8 @@ def main(argv: list[str]) -> dict:
     table = apx.compare_table(rows)
     (run_dir / "summary.md").write_text(
         f"# ap_compare: {cfg.objective.loss} on {len(next(iter(subsets.values())))} of "
-        f"{len(pairs)} pairs per selector, {len(prompts)} held-out prompts scored by {rm_path}\n\n"
+        f"{len(pairs)} pairs per selector, {len(prompts)} held-out prompts scored by "
+        f"{rm_path or cfg.judge}\n\n"
         + table)
     apx.plot_compare(rows, run_dir / "compare.png", title=f"ap_compare ({cfg.objective.loss})")
     report.write_json(run_dir / "results.json", rows)
