@@ -61,14 +61,15 @@ from align_jax.train.optim import OptimConfig  # noqa: E402
 @dataclasses.dataclass(frozen=True)
 class Config(PreferenceExperiment):
     objective: PrefConfig = PrefConfig(loss="simpo", beta=10.0, gamma=5.0)  # γ/β = 0.5
+    # the budget every selector gets: 8 updates of 4 pairs ≈ one epoch of a 35-pair subset
     train: TrainConfig = TrainConfig(steps=8, batch_size=4, save_every=50,
                                      optim=OptimConfig(lr=1e-5, schedule="cosine"))
     max_examples: int | None = None  # the subset is the training set (its size: `top`)
-    selectors: tuple[str, ...] = selection.SELECTORS
+    selectors: tuple[str, ...] = selection.SELECTORS  # each trains one policy on its subset
     top: float = 0.2  # fraction of the pool each selector keeps
     w: float = 1.0  # weight of z(m_im) in M_AP
     explicit: str = "auto"  # auto | dataset | rm:PATH | sim:NAME (experiments/ap_select.py)
-    reference_field: str = "auto"
+    reference_field: str = "auto"  # sim: explicit margin: record field scored against (ap_select)
     pool: int | None = None  # training pairs scored and selected from (None = all)
     rm: str | None = None  # reward model dir; None = train one into <run>/reward_model
     judge: str = "rm"  # rm (the reward model above) | sim:NAME (similarity to the held-out chosen)

@@ -57,19 +57,21 @@ from align_jax.train.optim import OptimConfig  # noqa: E402
 
 @dataclasses.dataclass(frozen=True)
 class Config(PreferenceExperiment):
-    SHORT_GROUPS = ("train", "objective", "sampling")
+    SHORT_GROUPS = ("train", "objective", "sampling")  # n=, temperature=, top_p= are short keys
     objective: PrefConfig = PrefConfig(loss="simpo", beta=10.0, gamma=5.0)  # γ/β = 0.5
-    train: TrainConfig = TrainConfig(steps=4, batch_size=2, save_every=50,  # per round
+    # per round: 4 updates of 2 pairs from the previous round's policy
+    train: TrainConfig = TrainConfig(steps=4, batch_size=2, save_every=50,
                                      optim=OptimConfig(lr=1e-5, schedule="cosine"))
+    # n answers per prompt (the paper: 5 at T 0.8, top-p 0.95); also the evolve rewrites
     sampling: SamplingConfig = SamplingConfig(n=4, temperature=0.8, top_p=0.95, max_new_tokens=32)
-    max_examples: int | None = None
-    rounds: int = 2
-    prompts_per_round: int = 12
+    max_examples: int | None = None  # every selected pair of a round is trained on
+    rounds: int = 2  # sample → score → select → train (→ evolve) rounds
+    prompts_per_round: int = 12  # evolved prompts of the last round first, then unused pool ones
     scorer: str = "sim:embedding_cosine"  # rm:PATH | sim:NAME (vs the prompt's reference)
     top: float = 0.5  # fraction of the round's pairs kept by M_AP
     w: float = 2.5  # weight of z(m_im) (the paper's self-play value)
     evolve: bool = True  # rewrite the top prompts into new ones for the next round
-    evolve_top: int = 4
+    evolve_top: int = 4  # prompts of the best pairs (by M_AP) the policy rewrites
 
 
 def main(argv: list[str]) -> dict:

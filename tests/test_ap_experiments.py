@@ -178,3 +178,18 @@ def test_ap_selfplay_two_tiny_rounds_then_resume_a_third(tiny_dirs, run_env, tmp
     assert (out / "rounds/r2/round.json").is_file() and (out / "rounds/r2/policy").is_dir()
     assert not (out / "rounds/r1/policy").exists()
     assert "| 2 |" in (out / "rounds.md").read_text()
+
+
+@pytest.mark.parametrize("name", ["ap_compare", "ap_selfplay"])
+def test_configs_describe_every_key_and_round_trip(name, tmp_path):
+    """What test_cli checks for the one-run experiments (these two are NOT_TRAINING there)."""
+    from _experiment_files import load_module
+    from align_jax.cli import config_dict, describe, parse_overrides
+
+    Config = load_module(REPO / f"experiments/{name}.py").Config
+    assert not [k for k, _, _, h in describe(Config()) if not h]
+    cfg = parse_overrides(Config(), ["steps=3", "seed=5", "lr=0.001", "out_dir=somewhere"])
+    assert cfg.train.steps == 3 and cfg.train.optim.lr == 0.001
+    (tmp_path / "config.json").write_text(json.dumps(config_dict(cfg)))
+    assert parse_overrides(Config(), [f"config={tmp_path}"]) == cfg.__class__(
+        **{**cfg.__dict__, "out_dir": None})
