@@ -108,7 +108,7 @@ def tiny_dirs(tmp_path_factory):
 
 def start(args, env):
     res = subprocess.run([sys.executable, *map(str, args)], cwd=REPO, env=env, capture_output=True,
-                         text=True, timeout=900)
+                         text=True, timeout=1800)
     assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-6000:]
     return res
 
