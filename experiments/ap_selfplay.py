@@ -125,6 +125,8 @@ def main(argv: list[str]) -> dict:
         m_im = res.arrays["margin_implicit"].astype(np.float64)
         m_ap = selection.alignment_potential(m_ex, m_im, cfg.w)
         idx = selection.select_top(m_ap, cfg.top)
+        if len(idx) < cfg.train.batch_size <= len(pairs):  # at least one full batch to train on
+            idx = selection.select_top(m_ap, cfg.train.batch_size / len(pairs))
         scored = [{"prompt": p.prompt, "chosen": p.chosen, "rejected": p.rejected}
                   for p in pairs]
         apx.write_jsonl(rdir / "pairs.jsonl", [
