@@ -93,7 +93,9 @@ def main(argv: list[str]) -> dict:
             continue
         rdir.mkdir(parents=True, exist_ok=True)
         prev = run_dir / "rounds" / f"r{k - 1}" / "policy"  # the previous round's result
-        model, tok = load_policy(str(prev) if k else cfg.model, dtype=cfg.dtype, mesh=mesh)
+        model, tok = load_policy(str(prev) if k else cfg.model, dtype=cfg.dtype, mesh=mesh,
+                                 lora_rank=cfg.lora_rank, lora_alpha=cfg.lora_alpha,
+                                 lora_targets=cfg.lora_targets, remat=cfg.remat)
         key = jax.random.fold_in(jax.random.PRNGKey(cfg.train.seed), k)
         prompts = apx.round_prompts(pool, rdir, k, cfg.prompts_per_round)
         texts = [r["prompt"] for r in prompts]
