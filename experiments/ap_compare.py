@@ -18,9 +18,10 @@ run reuses it. `judge=sim:NAME` scores by similarity to the held-out pair's chos
 (no reward model: a cheaper, weaker judge). Offline default: the bundled preference pairs' train
 split (173 pairs; explicit margin `auto` = embedding cosine to the prompt, they ship no scores),
 top 0.2 → 35
-pairs per selector, 8 SimPO updates of 4 pairs (≈ one epoch of a subset), β 10, γ/β 0.5, lr 1e-5;
-the first 24 eval-split prompts, 48 new tokens. Sized for ≈ 14 min on 2 quiet cores — an estimate
-from per-step CPU time: on the overloaded shared machine it did not finish (docs/methods.md).
+pairs per selector, 8 SimPO updates of 4 pairs (≈ one epoch of a subset), β 10, γ/β 0.5,
+lr 1e-5; the first 24 eval-split prompts, 48 new tokens. Sized for ≈ 14 min on 2 quiet cores —
+an estimate from per-step CPU time: on the overloaded shared machine it did not finish
+(docs/methods.md).
 Paper scale (SimPO on Llama-3-8B-Instruct, UltraFeedback prompts with their GPT-4 scores):
     python experiments/ap_compare.py model=meta-llama/Meta-Llama-3-8B-Instruct \
       data=<ultrafeedback_binarized train_prefs> eval_data=<test_prefs> explicit=dataset \
