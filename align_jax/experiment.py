@@ -230,15 +230,26 @@ def run_preference(name: str, cfg: PreferenceExperiment, loss_cfg, kind: str, tr
     """Load the policy, build the datasets, attach the reference (and ``attach``'s arrays, e.g.
     RPO prompt embeddings), train in the one loop, evaluate, write the artefacts, optionally
     export. Returns {before, after, run_dir}."""
-    from align_jax.algorithms.preference_step import make_loss_fn
-
     mesh = mesh_of(cfg)
     run_dir = open_run(name, cfg)
-    # the loss config derived from the experiment's is a record beside config.json
-    report.write_json(run_dir / "loss_config.json", dataclasses.asdict(loss_cfg))
     model, tok = load_policy(cfg.model, dtype=cfg.dtype, mesh=mesh, lora_rank=cfg.lora_rank,
                              lora_alpha=cfg.lora_alpha, lora_targets=cfg.lora_targets,
                              remat=cfg.remat)
+    out = train_policy(name, cfg, loss_cfg, kind, model, tok, train_examples, eval_examples,
+                       run_dir, mesh=mesh, kl=kl, attach=attach)
+    return {k: out[k] for k in ("before", "after", "run_dir")}
+
+
+def train_policy(name: str, cfg: PreferenceExperiment, loss_cfg, kind: str, model, tok,
+                 train_examples, eval_examples, run_dir: Path, *, mesh=None, kl: bool = False,
+                 attach: Callable[[PrefData], PrefData] | None = None) -> dict[str, Any]:
+    """:func:`run_preference` on a policy already loaded (``model``, e.g. the previous round's of
+    a self-play loop; its reference is itself) in an open ``run_dir``. Returns {before, after,
+    run_dir, policy}: ``policy`` is the trained module (the input's buffers are donated)."""
+    from align_jax.algorithms.preference_step import make_loss_fn
+
+    # the loss config derived from the experiment's is a record beside config.json
+    report.write_json(run_dir / "loss_config.json", dataclasses.asdict(loss_cfg))
     check_context(model.cfg.max_position_embeddings, cfg.max_prompt_len, cfg.max_completion_len,
                   "max_prompt_len + max_completion_len")
     train_examples = list(train_examples)[: cfg.max_examples or None]
@@ -273,8 +284,8 @@ def run_preference(name: str, cfg: PreferenceExperiment, loss_cfg, kind: str, tr
         export_hf(res.policy, tok, run_dir / "export")
     print(table)
     print(f"[align_jax] done: {run_dir}")
-    return {"before": res.before, "after": res.after, "run_dir": str(run_dir)}
+    return {"before": res.before, "after": res.after, "run_dir": str(run_dir), "policy": res.policy}
 
 
 __all__ = ["OnlineExperiment", "PreferenceExperiment", "train_between_evals", "as_record", "evaluate_before", "finish", "held_out_split",
-           "load_splits", "mesh_of", "open_run", "run_preference", "run_seeds"]
+           "load_splits", "mesh_of", "open_run", "run_preference", "run_seeds", "train_policy"]

@@ -10,8 +10,10 @@ from pathlib import Path
 from align_jax.cli import config_keys
 
 REPO = Path(__file__).resolve().parents[1]
-# Experiment files that train nothing (no steps, checkpoints or resume): each has its own tests.
-NOT_TRAINING = {"ap_select"}  # tests/test_selection.py
+# Experiment files not of the one-run shape checked here, each with its own tests: ap_select trains
+# nothing (tests/test_selection.py); ap_compare / ap_selfplay train one run per selector / round
+# under their run dir and resume per selector / round (tests/test_ap_experiments.py).
+NOT_TRAINING = {"ap_select", "ap_compare", "ap_selfplay"}
 EXPERIMENTS = sorted(p for p in REPO.glob("experiments/*.py") if p.stem not in NOT_TRAINING)
 
 # Size knobs set wherever an experiment's Config has them (seconds per run on 2 CPU cores with

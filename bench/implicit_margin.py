@@ -1,0 +1,140 @@
+"""Implicit-margin pass throughput (alignment potential, issue 14): our jitted, length-bucketed
+avg-log-prob pass (``ap_margins.compute_avg_logps``' kernel) vs the same computation in PyTorch
+with transformers' ``LlamaForCausalLM`` on the same weights and the same token batches.
+
+    python bench/implicit_margin.py [--pairs 128] [--batch-size 8] [--repeats 2] [--model DIR]
+    python bench/implicit_margin.py --tiny        # a seconds-long check that the script works
+
+Weights: --model (a HF causal-LM dir with tokenizer), else SmolLM2-135M-Instruct (the bundled
+GGUF) exported once to a temp dir, so both sides load identical files. Pairs: the bundled
+preference pairs, repeated to --pairs, tokenised ONCE by the trainer's ``pair_batch`` (chat
+template, max_prompt_len / max_completion_len 64, pad multiple 32) into the length buckets of
+``ap_margins.length_buckets``; both sides get those batches: ours the jitted [2B, T] forward of
+chosen + rejected (``ap_margins._avg_lp_jit``), PyTorch the same concatenated rows → float32
+log_softmax → response-token mean. Tokenisation and loading are excluded; ours: first call
+(compiles) reported apart, steady = median of --repeats; PyTorch: one warm-up, then the median.
+Prints the machine's load average: on a shared machine the ratio is noisy.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import sys
+import tempfile
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from anywhere
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+
+from _timing import time_calls  # noqa: E402
+
+
+def _weights(args, tmp: Path) -> Path:
+    """A causal-LM dir: --model, a tiny random Llama with the bundled tokenizer, or SmolLM2."""
+    if args.model:
+        return Path(args.model)
+    from align_jax.models import export_hf, load_causal_lm
+
+    if args.tiny:
+        import transformers
+
+        from align_jax.models.gguf_io import gguf_metadata, open_gguf
+        from align_jax.models.resolve import default_policy_path
+        from align_jax.models.tokenizer import tokenizer_from_gguf_metadata
+
+        base = tmp / "tiny"
+        transformers.LlamaForCausalLM(transformers.LlamaConfig(
+            vocab_size=49152, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+            num_attention_heads=4, num_key_value_heads=2)).save_pretrained(base)
+        tokenizer_from_gguf_metadata(gguf_metadata(open_gguf(default_policy_path()))
+                                     ).save_pretrained(str(base))
+        return base
+    model, tok = load_causal_lm(None)
+    return export_hf(model, tok, tmp / "smollm2")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--pairs", type=int, default=128)
+    ap.add_argument("--batch-size", type=int, default=8)
+    ap.add_argument("--repeats", type=int, default=2)
+    ap.add_argument("--model", default=None, help="HF causal-LM dir with its tokenizer")
+    ap.add_argument("--tiny", action="store_true", help="tiny random model, 16 pairs: a check")
+    args = ap.parse_args()
+    if args.tiny:
+        args.pairs, args.repeats = min(args.pairs, 16), 1
+
+    import jax
+    import numpy as np
+    import torch
+    import transformers
+    from flax import nnx
+
+    from align_jax.algorithms import ap_margins
+    from align_jax.data import load_bundled, pair_batch
+    from align_jax.data.tokenize import encode_prompts, encode_responses
+    from align_jax.experiment import PreferenceExperiment
+    from align_jax.models import load_causal_lm
+
+    pairs = load_bundled("preference")
+    pairs = (pairs * -(-args.pairs // len(pairs)))[:args.pairs]
+    tcfg = PreferenceExperiment().tokenize_config()  # the trainer's (64 / 64 / 32)
+    with tempfile.TemporaryDirectory() as tmp:
+        src = _weights(args, Path(tmp))
+        ours, tok = load_causal_lm(src)
+        hf = transformers.AutoModelForCausalLM.from_pretrained(src, dtype=torch.float32).eval()
+    lens = [len(p) + max(len(c), len(r)) for p, c, r in zip(
+        encode_prompts(tok, [p.prompt for p in pairs], tcfg),
+        encode_responses(tok, [p.chosen for p in pairs], tcfg),
+        encode_responses(tok, [p.rejected for p in pairs], tcfg))]
+    groups = ap_margins.length_buckets(lens, args.batch_size)
+    batches = [pair_batch(tok, [pairs[int(i)] for i in idx], tcfg) for idx in groups]
+    graphdef, state = nnx.split(ours)
+    fn = ap_margins._avg_lp_jit(graphdef, None, None)
+
+    def ours_pass():
+        out = [fn(state, b) for b in batches]
+        return np.concatenate([np.concatenate([np.asarray(c), np.asarray(r)]) for c, r in out])
+
+    def torch_pass():
+        out = []
+        with torch.inference_mode():
+            for b in batches:
+                cat = {k: torch.from_numpy(np.concatenate([b[f"chosen_{k}"], b[f"rejected_{k}"]]))
+                       for k in ("input_ids", "attention_mask", "loss_mask")}
+                logits = hf(input_ids=cat["input_ids"].long(),
+                            attention_mask=cat["attention_mask"].long()).logits.float()
+                lp = torch.log_softmax(logits[:, :-1], -1).gather(
+                    -1, cat["input_ids"][:, 1:].long()[..., None])[..., 0]
+                m = cat["loss_mask"][:, 1:].float()
+                mean = (lp * m).sum(1) / m.sum(1).clamp(min=1)
+                n = b["chosen_input_ids"].shape[0]
+                out.append(torch.cat([mean[:n], mean[n:]]).numpy())
+        return np.concatenate(out)
+
+    first_t = time_calls(ours_pass, 1)[0]
+    ours_s = statistics.median(time_calls(ours_pass, args.repeats))
+    theirs = torch_pass()  # warm-up
+    theirs_s = statistics.median(time_calls(torch_pass, args.repeats))
+    diff = np.abs(ours_pass() - theirs).max()
+
+    n = args.pairs  # distinct pairs per pass (the last bucket's fill rows are extra work)
+    shapes = sorted({b["chosen_input_ids"].shape[1] for b in batches})
+    name = Path(src).name if args.model else "tiny llama" if args.tiny else "SmolLM2-135M"
+    print(f"implicit margin, {name}, {n} pairs, "
+          f"batch {args.batch_size} pairs ([{2 * args.batch_size}, T] forwards), lengths {shapes}; "
+          f"jax {jax.__version__} on {jax.devices()[0].platform}, torch {torch.__version__} "
+          f"({torch.get_num_threads()} threads), {os.cpu_count()} CPUs, "
+          f"load avg {' / '.join(f'{x:.1f}' for x in os.getloadavg())}")
+    print(f"{'implementation':<36}{'1st call s':>11}{'steady s':>10}{'pairs/s':>10}")
+    print(f"{'align_jax (jit, JAX)':<36}{first_t:>11.2f}{ours_s:>10.3f}{n / ours_s:>10.1f}")
+    print(f"{'transformers CausalLM (PyTorch)':<36}{'-':>11}{theirs_s:>10.3f}{n / theirs_s:>10.1f}")
+    print(f"speed ratio (ours / transformers): {theirs_s / ours_s:.2f}x; "
+          f"max |Δ avg log-prob| = {diff:.2e}")
+
+
+if __name__ == "__main__":
+    main()

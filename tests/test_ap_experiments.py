@@ -1,0 +1,196 @@
+"""Alignment potential, parts 2 and 3 (arXiv 2503.01864): ap_compare's subsets all have one size
+and its table's win rates / means are right on hand cases; self-play's best/worst pairing on a hand
+case; both experiments end to end on a tiny llama + word tokenizer exported as HF dirs (started as
+a user starts them, in a subprocess with one CPU device), and resumed: a finished selector /
+round is not redone, and the table is recomputable from the files the run wrote."""
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from flax import nnx
+from _word_tokenizer import word_tokenizer
+
+from _experiment_files import REPO
+from align_jax.algorithms import ap_experiments as apx
+from align_jax.data import selection
+from align_jax.errors import ConfigError
+
+WORDS = ["[PAD]", "</s>", "<user>", "<assistant>"] + [f"w{i}" for i in range(40)]
+VOCAB = {w: i for i, w in enumerate(WORDS)}
+TEMPLATE = ("{% for m in messages %}<{{ m['role'] }}> {{ m['content'] }} {% endfor %}"
+            "{% if add_generation_prompt %}<assistant> {% endif %}")
+
+
+# ----------------------------------------------------------------------------- hand cases
+
+
+def test_subsets_have_one_size_and_follow_their_selector():
+    r = np.random.default_rng(3)
+    m_ex, m_im = r.normal(size=37), np.abs(r.normal(size=37))
+    subs = apx.selector_subsets(m_ex, m_im, selection.SELECTORS, 0.2, w=2.5, seed=1)
+    assert set(subs) == set(selection.SELECTORS)
+    assert {len(v) for v in subs.values()} == {selection.num_selected(37, 0.2)} == {7}
+    ap = selection.zscore(m_ex) - 2.5 * selection.zscore(m_im)
+    np.testing.assert_array_equal(subs["ap"], np.argsort(-ap)[:7])
+    np.testing.assert_array_equal(subs["explicit"], np.argsort(-m_ex)[:7])
+    np.testing.assert_array_equal(subs["implicit_large"], np.argsort(-m_im)[:7])
+    np.testing.assert_array_equal(subs["implicit_small"], np.argsort(m_im)[:7])
+    assert len(set(subs["random"])) == 7
+    with pytest.raises(ConfigError, match="unknown selector 'apx'"):
+        apx.selector_subsets(m_ex, m_im, ("ap", "apx"), 0.2)
+
+
+def test_win_rate_and_table_on_a_hand_case():
+    before = [0.0, 2.0, 5.0, 1.0]
+    # win, tie (½), loss, win → 2.5 / 4
+    assert apx.win_rate([1.0, 2.0, 3.0, 4.0], before) == 0.625
+    assert apx.win_rate([9.0, 9.0, 9.0, 9.0], before) == 1.0
+    assert apx.win_rate(before, before) == 0.5
+    rows = apx.compare_rows(before, {"ap": [1.0, 2.0, 3.0, 4.0], "random": [0.0, 0.0, 0.0, 0.0]},
+                            {"ap": 7, "random": 7})
+    assert [r["selector"] for r in rows] == ["initial policy", "ap", "random"]
+    assert rows[0]["mean_reward"] == 2.0 and rows[0]["win_rate"] is None
+    assert rows[1]["mean_reward"] == 2.5 and rows[1]["win_rate"] == 0.625
+    assert rows[1]["sem"] == pytest.approx(np.std([1, 2, 3, 4], ddof=1) / 2)
+    assert rows[2]["win_rate"] == pytest.approx((0 + 0 + 0 + 0) / 4 + 0.5 * 1 / 4)  # one tie (0 = 0)
+    table = apx.compare_table(rows)
+    assert "| ap | 7 | 2.5000 ± 0.6455 | 0.625 |" in table
+    assert "| initial policy | 0 | 2.0000 ± 1.0801 | — |" in table
+    with pytest.raises(ValueError):
+        apx.win_rate([1.0], [1.0, 2.0])
+
+
+def test_best_worst_pairs_hand_case():
+    prompts = ["a", "b", "c"]
+    answers = ["a1", "a2", "a3", "b1", "b2", "b3", "c1", "c1", "c2"]
+    scores = [0.2, 0.9, 0.1,  # a: best a2, worst a3
+              0.5, 0.5, 0.5,  # b: all tie → no pair
+              0.7, 0.3, 0.7]  # c: best c1 (first of the tie), worst c1 → same text: no pair
+    pairs, m_ex, kept = apx.best_worst_pairs(prompts, answers, scores, 3)
+    assert kept == [0] and [(p.prompt, p.chosen, p.rejected) for p in pairs] == [("a", "a2", "a3")]
+    np.testing.assert_allclose(m_ex, [0.8])
+    assert apx.clean_prompt('\n Instruction: "Name a red fruit."\nmore') == "Name a red fruit."
+
+
+# ----------------------------------------------------------------------------- end to end (tiny)
+
+
+@pytest.fixture(scope="module")
+def tiny_dirs(tmp_path_factory):
+    """A tiny llama policy and a tiny reward model (HF dirs + the word tokenizer) and 20 pairs."""
+    from align_jax.algorithms.reward_model import add_score_head
+    from align_jax.models import export_hf
+    from align_jax.models.config import DecoderConfig
+    from align_jax.models.llama import Decoder
+    from align_jax.models.score_head import save_scored_decoder
+
+    d = tmp_path_factory.mktemp("ap_tiny")
+    tok = word_tokenizer(VOCAB, TEMPLATE)
+    cfg = DecoderConfig(vocab_size=len(VOCAB), hidden_size=32, intermediate_size=64, num_layers=2,
+                        num_heads=4, num_kv_heads=2, head_dim=8, eos_token_id=VOCAB["</s>"],
+                        pad_token_id=0, max_position_embeddings=256)
+    export_hf(Decoder(cfg, rngs=nnx.Rngs(0)), tok, d / "policy")
+    rm = add_score_head(Decoder(cfg, rngs=nnx.Rngs(1)), tok, seed=1)
+    save_scored_decoder(rm, d / "rm")
+    tok.save_pretrained(str(d / "rm"))
+    r = np.random.default_rng(0)
+
+    def words(k):
+        return " ".join(f"w{j}" for j in r.integers(0, 40, k))
+
+    with open(d / "pairs.jsonl", "w") as f:
+        for i in range(20):
+            f.write(json.dumps({"prompt": words(4), "chosen": words(3), "rejected": words(5)}) + "\n")
+    return d
+
+
+def start(args, env):
+    res = subprocess.run([sys.executable, *map(str, args)], cwd=REPO, env=env, capture_output=True,
+                         text=True, timeout=1800)
+    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-6000:]
+    return res
+
+
+TINY_TRAIN = ["steps=2", "lr=0.01", "batch_size=2", "ref_batch_size=4", "eval_examples=2",
+              "max_prompt_len=16", "max_completion_len=16", "pad_multiple=8"]
+
+
+def test_ap_compare_tiny_end_to_end_and_resume(tiny_dirs, run_env, tmp_path):
+    out = tmp_path / "cmp"
+    args = [REPO / "experiments/ap_compare.py", f"model={tiny_dirs / 'policy'}",
+            f"data={tiny_dirs / 'pairs.jsonl'}", f"rm={tiny_dirs / 'rm'}", "selectors=ap,random",
+            "top=0.25", "explicit=sim:rouge_l", "reference_field=prompt", "eval_max_new_tokens=4",
+            f"out_dir={out}", *TINY_TRAIN]
+    start(args, run_env)
+    subsets = json.loads((out / "subsets.json").read_text())
+    assert subsets["pool"] == 18
+    assert len(subsets["ap"]) == len(subsets["random"]) == selection.num_selected(18, 0.25) == 5
+    initial = json.loads((out / "initial.json").read_text())
+    assert len(initial["prompts"]) == 2 == len(initial["rewards"])
+    rows = json.loads((out / "results.json").read_text())
+    for row in rows[1:]:
+        after = json.loads((out / row["selector"] / "heldout.json").read_text())["rewards"]
+        assert row["win_rate"] == apx.win_rate(after, initial["rewards"])
+        assert row["mean_reward"] == pytest.approx(np.mean(after))
+        assert (out / row["selector"] / "metrics.jsonl").is_file()
+        assert not (out / row["selector"] / "checkpoints").exists()
+    assert (out / "compare.png").read_bytes()[:4] == b"\x89PNG"
+    assert "| ap | 5 |" in (out / "summary.md").read_text()
+    stamp = (out / "ap" / "heldout.json").stat().st_mtime_ns
+    res = start(args, run_env)  # resumed: nothing is trained again
+    assert "training on" not in res.stdout
+    assert (out / "ap" / "heldout.json").stat().st_mtime_ns == stamp
+    assert json.loads((out / "results.json").read_text()) == rows
+
+
+def test_ap_selfplay_two_tiny_rounds_then_resume_a_third(tiny_dirs, run_env, tmp_path):
+    out = tmp_path / "sp"
+    base = [REPO / "experiments/ap_selfplay.py", f"model={tiny_dirs / 'policy'}",
+            f"data={tiny_dirs / 'pairs.jsonl'}", "scorer=sim:rouge_l", "prompts_per_round=6",
+            "n=3", "max_new_tokens=6", "evolve_top=2", "top=0.5", f"out_dir={out}", *TINY_TRAIN]
+    start([*base, "rounds=2"], run_env)
+    for k in (0, 1):
+        rdir = out / "rounds" / f"r{k}"
+        pairs = [json.loads(x) for x in (rdir / "pairs.jsonl").read_text().splitlines()]
+        sel = [json.loads(x) for x in (rdir / "selected.jsonl").read_text().splitlines()]
+        ap = selection.alignment_potential([p["margin_explicit"] for p in pairs],
+                                           [p["margin_implicit"] for p in pairs], 2.5)
+        np.testing.assert_allclose([p["alignment_potential"] for p in pairs], ap, atol=1e-9)
+        # the top half, or one full batch (2) when that is more
+        assert len(sel) == max(selection.num_selected(len(pairs), 0.5), min(len(pairs), 2))
+        assert [s["alignment_potential"] for s in sel] == sorted(ap, reverse=True)[:len(sel)]
+        samples = [json.loads(x) for x in (rdir / "samples.jsonl").read_text().splitlines()]
+        assert all(len(s["answers"]) == len(s["scores"]) == 3 for s in samples)
+        for p in pairs:  # chosen = the prompt's best-scored answer, rejected = its worst
+            s = next(s for s in samples if s["prompt"] == p["prompt"])
+            assert p["margin_explicit"] == pytest.approx(max(s["scores"]) - min(s["scores"]))
+        assert (rdir / "train" / "metrics.jsonl").is_file()
+        assert json.loads((rdir / "round.json").read_text())["round"] == k
+    evolved = [json.loads(x)["prompt"] for x in
+               (out / "rounds/r0/evolved.jsonl").read_text().splitlines()]
+    r1 = [json.loads(x)["prompt"] for x in (out / "rounds/r1/prompts.jsonl").read_text().splitlines()]
+    assert r1[:len(evolved)] == evolved and len(r1) == 6
+    assert not (out / "rounds/r0/policy").exists() and (out / "rounds/r1/policy").is_dir()
+    stamp = (out / "rounds/r1/round.json").stat().st_mtime_ns
+    start([*base, "rounds=3"], run_env)  # rounds 0 and 1 are kept, round 2 starts from r1's policy
+    assert (out / "rounds/r1/round.json").stat().st_mtime_ns == stamp
+    assert (out / "rounds/r2/round.json").is_file() and (out / "rounds/r2/policy").is_dir()
+    assert not (out / "rounds/r1/policy").exists()
+    assert "| 2 |" in (out / "rounds.md").read_text()
+
+
+@pytest.mark.parametrize("name", ["ap_compare", "ap_selfplay"])
+def test_configs_describe_every_key_and_round_trip(name, tmp_path):
+    """What test_cli checks for the one-run experiments (these two are NOT_TRAINING there)."""
+    from _experiment_files import load_module
+    from align_jax.cli import config_dict, describe, parse_overrides
+
+    Config = load_module(REPO / f"experiments/{name}.py").Config
+    assert not [k for k, _, _, h in describe(Config()) if not h]
+    cfg = parse_overrides(Config(), ["steps=3", "seed=5", "lr=0.001", "out_dir=somewhere"])
+    assert cfg.train.steps == 3 and cfg.train.optim.lr == 0.001
+    (tmp_path / "config.json").write_text(json.dumps(config_dict(cfg)))
+    assert parse_overrides(Config(), [f"config={tmp_path}"]) == cfg.__class__(
+        **{**cfg.__dict__, "out_dir": None})
