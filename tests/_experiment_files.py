@@ -21,6 +21,7 @@ TINY = {
     "prompts_per_step": 1, "max_new_tokens": 4, "eval_prompts": 2, "eval_max_new_tokens": 4,
     "max_examples": 4, "eval_examples": 2, "batch_size": 2, "ref_batch_size": 2,
     "group_size": 2,  # RPO: must divide batch_size
+    "guide_steps": 1,  # LD-Align: guide auto-encoder updates
 }
 
 
