@@ -1,6 +1,7 @@
 """LD-Align: the guide's latent distance (0 for identical texts, growing as a reference is
 corrupted), its reconstruction loss falling on bundled-like data, the weighted DPO loss against
 plain DPO and a hand computation, weights without gradient, and the round bookkeeping."""
+import json
 import math
 
 import jax
@@ -11,12 +12,16 @@ from flax import nnx
 from _word_tokenizer import word_tokenizer
 
 from align_jax.algorithms.latent_guide import GuideTrainConfig, make_latent_fn, train_guide
+from align_jax.algorithms.ld_align import RoundsConfig, round_bounds, train_ld_align
+from align_jax.algorithms.preference import TrainConfig
+from align_jax.algorithms.preference_step import make_loss_fn
 from align_jax.data.tokenize import TokenizeConfig
 from align_jax.losses import PairLogps, PrefConfig, latent_weights, preference_loss
 from align_jax.models.config import DecoderConfig
 from align_jax.models.encoder import Encoder, EncoderConfig
 from align_jax.models.latent_ae import GuideConfig, build_guide, latent_distance
-from align_jax.models.llama import Decoder
+from align_jax.models.llama import Decoder, LoRAParam
+from align_jax.sampling.sampler import SamplingConfig
 from align_jax.train.optim import OptimConfig
 
 WORDS = ["[PAD]", "</s>", "<user>", "<assistant>"] + [f"w{i}" for i in range(16)] + [
@@ -51,7 +56,8 @@ def tiny_decoder(seed=0):
     # distribution peaked); a trained model's embeddings are O(1)
     for name in ("embed", "lm_head"):
         if hasattr(dec, name):
-            getattr(dec, name).value = getattr(dec, name).value * 30.0
+            var = getattr(dec, name)
+            var[...] = var[...] * 30.0
     return dec
 
 
@@ -143,7 +149,8 @@ def test_weights_carry_no_gradient_and_follow_their_schemes():
     for scheme in ("softmax", "mean_norm"):
         g = jax.grad(lambda d: latent_weights(d, scheme, 1.0).sum() +
                      (latent_weights(d, scheme, 1.0) * d).sum())(s)
-        np.testing.assert_array_equal(g, np.ones(4))  # only the explicit `* d` term
+        # only the explicit `* d` term differentiates: d/dd Σ w·d = w, nothing through w
+        np.testing.assert_allclose(g, latent_weights(s, scheme, 1.0), rtol=1e-6)
 
     # and through the loss: the gradient w.r.t. the distances of a weighted loss is zero
     def loss_of(d):
@@ -152,3 +159,60 @@ def test_weights_carry_no_gradient_and_follow_their_schemes():
     np.testing.assert_array_equal(jax.grad(loss_of)(s), np.zeros(4))
     with pytest.raises(ValueError, match="weight="):
         latent_weights(s, "rank")
+
+
+def test_round_bounds_split_the_updates_and_keep_earlier_rounds():
+    assert round_bounds(16, 2) == [(0, 8), (8, 16)]
+    assert round_bounds(5, 2) == [(0, 3), (3, 5)]
+    assert round_bounds(1, 2) == [(0, 1), (1, 1)]  # a round without updates is skipped
+    assert round_bounds(2, 2)[0] == round_bounds(1, 2)[0]  # the smoke test's resume
+    with pytest.raises(ValueError, match="weight="):
+        RoundsConfig(weight="rank")
+    with pytest.raises(ValueError, match="norm="):
+        RoundsConfig(norm="l3")
+
+
+def _two_rounds(run_dir, steps, minilm):
+    enc, enc_tok = minilm
+    tok = word_tokenizer(VOCAB, TEMPLATE)
+    policy = tiny_decoder(seed=1)
+    guide = build_guide(tiny_decoder(seed=2), enc, GuideConfig(latent_dim=8, prefix_len=1,
+                                                               encoder_max_len=24), seed=0)
+    records = [{"prompt": p, "reference": r} for p, r in REFERENCES[:4]]
+    tcfg = TokenizeConfig(max_prompt_len=8, max_completion_len=10, pad_multiple=8)
+    cfg = TrainConfig(steps=steps, batch_size=2, save_every=1, progress=False,
+                      optim=OptimConfig(lr=1e-2))
+    rcfg = RoundsConfig(rounds=2, weight="softmax", weight_temperature=0.5)
+    seen = []
+
+    def held_out(model):
+        seen.append(1)
+        return {"metrics": {"calls": float(len(seen))}}
+
+    return train_ld_align(policy, records, tok, tcfg, 24, make_loss_fn(PrefConfig(loss="ld_align")),
+                          cfg, rcfg, SamplingConfig(max_new_tokens=4, temperature=1.0), run_dir,
+                          phi=make_latent_fn(guide, enc_tok, batch_size=4), held_out=held_out)
+
+
+def test_two_rounds_end_to_end_save_each_round_and_resume_as_uninterrupted(minilm, tmp_path):
+    full, evals = _two_rounds(tmp_path / "full", 2, minilm)
+    assert sorted(evals) == [0, 1]
+    for r in (0, 1):
+        d = tmp_path / "full/rounds" / f"round_{r}"
+        rows = [json.loads(line) for line in (d / "pairs.jsonl").read_text().splitlines()]
+        assert len(rows) == 4 and all(row["distance"] > 0 for row in rows)
+        w = np.array([row["weight"] for row in rows])
+        np.testing.assert_allclose(w.mean(), 1.0, rtol=1e-5)
+        s = np.array([row["distance"] for row in rows])
+        assert (np.argsort(w) == np.argsort(s)).all()  # weights increase with the distance
+        assert {"ref_chosen_logps", "ref_rejected_logps"} <= set(np.load(d / "reference.npz"))
+        assert (d / "samples.json").is_file() and (d / "eval.json").is_file()
+    # killed after round 0, resumed: round 1 is prepared from the restored policy
+    _two_rounds(tmp_path / "split", 1, minilm)
+    assert not (tmp_path / "split/rounds/round_1").exists()
+    resumed, _ = _two_rounds(tmp_path / "split", 2, minilm)
+    assert ((tmp_path / "split/rounds/round_1/pairs.jsonl").read_text()
+            == (tmp_path / "full/rounds/round_1/pairs.jsonl").read_text())
+    a, b = nnx.state(full, LoRAParam), nnx.state(resumed, LoRAParam)
+    for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
+        np.testing.assert_allclose(np.asarray(x), np.asarray(y), rtol=1e-6, atol=1e-7)
