@@ -25,6 +25,7 @@ TINY = {
     "group_size": 2,  # RPO: must divide batch_size
     "sft.steps": 1, "sft.batch_size": 2,  # the online experiments' supervised warm-up
     "rm_steps": 1, "select_prompts": 2,  # ALaRM: the on-the-fly reward model, its sample set
+    "guide_steps": 1,  # LD-Align: guide auto-encoder updates
 }
 
 

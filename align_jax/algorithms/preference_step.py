@@ -314,7 +314,7 @@ def make_pair_loss_fn(cfg: PrefConfig, chunk_size: int | None = None,
             ref_chosen_tail_logps=ref.get("ref_chosen_tail_logps"),
             ref_rejected_tail_logps=ref.get("ref_rejected_tail_logps"),
             chosen_logw=pol.get("chosen_logw"), rejected_logw=pol.get("rejected_logw"),
-            bco_delta=batch.get("bco_delta"))
+            bco_delta=batch.get("bco_delta"), pair_weight=batch.get("pair_weight"))
         losses_b, metrics = preference_loss(inp, cfg)
         metrics = dict(metrics)
         metrics["len/chosen"] = pol["chosen_len"]

@@ -24,6 +24,7 @@ from .preference import (
     shared_tail_logps,
     wpo_log_weights,
 )
+from .ld_align import WEIGHT_SCHEMES, ld_align_loss, latent_weights
 from .reward_model import RewardLossConfig, RewardPair, bradley_terry_loss
 from .token_pg import (
     TOKEN_PG_LOSSES,
@@ -52,4 +53,5 @@ __all__ = [
     "TOKEN_PG_LOSSES", "AdvantageConfig", "TokenPGConfig", "TokenPGInputs", "TokenRewards",
     "discounted_returns", "kl_penalty_rewards", "masked_whiten", "place_rewards", "reward_to_go",
     "RewardLossConfig", "RewardPair", "bradley_terry_loss",
+    "WEIGHT_SCHEMES", "ld_align_loss", "latent_weights",  # LD-Align (ld_align.py)
 ]

@@ -52,6 +52,8 @@ class PairLogps(NamedTuple):
     # bco_pair: running mean δ of the rewards (scalar). A pure function cannot hold it; the step keeps
     # it in its state and updates it with bco_delta_update. None → 0 (TRL 1.16's bco_pair).
     bco_delta: Array | None = None
+    # LD-Align (ld_align.py): per-pair weight on the DPO term, a constant (stop_gradient).
+    pair_weight: Array | None = None
 
 
 _F_DIVS = ("reverse_kl", "forward_kl", "js_divergence", "alpha_divergence")

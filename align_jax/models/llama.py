@@ -153,9 +153,12 @@ class Decoder(nnx.Module):
         logits = softcap(logits, self.cfg.final_logit_softcapping)
         return constrain(logits, ("batch", "length", "vocab"))
 
-    def hidden_states(self, input_ids, attention_mask=None, *, positions=None, cache=None):
+    def hidden_states(self, input_ids, attention_mask=None, *, positions=None, cache=None,
+                      inputs_embeds=None):
         """Final-norm hidden states [B,T,D] (and the updated cache, or None). The sampler's
-        CPU decode path is `align_jax.models.decode` (per-layer weights and buffers)."""
+        CPU decode path is `align_jax.models.decode` (per-layer weights and buffers).
+        ``inputs_embeds`` [B,T,D] replaces the token embeddings (``input_ids`` then only gives
+        the shape), e.g. learned prefix vectors (the LD-Align guide decoder)."""
         cfg = self.cfg
         B, T = input_ids.shape
         mask_bt = (jnp.ones((B, T), bool) if attention_mask is None
@@ -180,7 +183,9 @@ class Decoder(nnx.Module):
         if not mixed and windows[0] < FAR:
             allowed = windowed(allowed, dist, int(windows[0]))
 
-        x = constrain(embed_tokens(cfg, self.embed[...], input_ids), ("batch", "length", "embed"))
+        x = (embed_tokens(cfg, self.embed[...], input_ids) if inputs_embeds is None
+             else inputs_embeds.astype(cfg.dtype))
+        x = constrain(x, ("batch", "length", "embed"))
         ropes = rope_tables(cfg, positions)
         params = self.layers.arrays()
 
