@@ -29,7 +29,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from anywher
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
-from _timing import time_calls  # noqa: E402
+from _timing import time_calls, tiny_llama_dir  # noqa: E402
 
 
 def _weights(args, tmp: Path) -> Path:
@@ -39,19 +39,7 @@ def _weights(args, tmp: Path) -> Path:
     from align_jax.models import export_hf, load_causal_lm
 
     if args.tiny:
-        import transformers
-
-        from align_jax.models.gguf_io import gguf_metadata, open_gguf
-        from align_jax.models.resolve import default_policy_path
-        from align_jax.models.tokenizer import tokenizer_from_gguf_metadata
-
-        base = tmp / "tiny"
-        transformers.LlamaForCausalLM(transformers.LlamaConfig(
-            vocab_size=49152, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-            num_attention_heads=4, num_key_value_heads=2)).save_pretrained(base)
-        tokenizer_from_gguf_metadata(gguf_metadata(open_gguf(default_policy_path()))
-                                     ).save_pretrained(str(base))
-        return base
+        return tiny_llama_dir(tmp / "tiny")
     model, tok = load_causal_lm(None)
     return export_hf(model, tok, tmp / "smollm2")
 

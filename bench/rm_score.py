@@ -27,7 +27,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
 import _roofline as roofline  # noqa: E402  (bench/ is on sys.path)
-from _timing import time_calls  # noqa: E402
+from _timing import time_calls, tiny_llama_dir  # noqa: E402
 
 
 def _weights(args, tmp: Path) -> Path:
@@ -41,19 +41,7 @@ def _weights(args, tmp: Path) -> Path:
     from align_jax.models.score_head import save_scored_decoder
 
     if args.tiny:
-        import transformers
-
-        from align_jax.models.gguf_io import gguf_metadata, open_gguf
-        from align_jax.models.resolve import default_policy_path
-        from align_jax.models.tokenizer import tokenizer_from_gguf_metadata
-
-        base = tmp / "tiny_base"
-        transformers.LlamaForCausalLM(transformers.LlamaConfig(
-            vocab_size=49152, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-            num_attention_heads=4, num_key_value_heads=2)).save_pretrained(base)
-        # the bundled tokenizer alone (vocab 49152), without dequantising the GGUF's weights
-        tokenizer_from_gguf_metadata(gguf_metadata(open_gguf(default_policy_path()))
-                                     ).save_pretrained(str(base))
+        base = tiny_llama_dir(tmp / "tiny_base")
         policy, tok = load_causal_lm(base)
     else:
         policy, tok = load_causal_lm(None)

@@ -9,33 +9,20 @@ import pytest
 import torch
 import transformers
 from flax import nnx
-from _word_tokenizer import word_tokenizer
+from _word_tokenizer import CHAT_VOCAB, tiny_chat_cfg, tiny_chat_tokenizer
 
 from align_jax.algorithms import refalign as ra
 from align_jax.algorithms.online_loop import OnlineLoopConfig, train_online
 from align_jax.train.optim import OptimConfig
 from align_jax.models import hf_io
-from align_jax.models.config import DecoderConfig
 from align_jax.models.llama import Decoder
 from align_jax.sampling.sampler import SamplingConfig
 from align_jax.train.state import create_train_state
 from align_jax.train.optim import make_optimizer
 from align_jax.train.step import make_train_step
 
-WORDS = ["[PAD]", "</s>", "<user>", "<assistant>"] + [f"w{i}" for i in range(12)] + ["yes", "no"]
-VOCAB = {w: i for i, w in enumerate(WORDS)}
-TEMPLATE = ("{% for m in messages %}<{{ m['role'] }}> {{ m['content'] }} {% endfor %}"
-            "{% if add_generation_prompt %}<assistant> {% endif %}")
-
-
-def tiny_tokenizer():
-    return word_tokenizer(VOCAB, TEMPLATE)
-
-
-def tiny_cfg(**kw):
-    return DecoderConfig(vocab_size=len(VOCAB), hidden_size=32, intermediate_size=64,
-                         num_layers=2, num_heads=4, num_kv_heads=2, head_dim=8,
-                         eos_token_id=VOCAB["</s>"], pad_token_id=0, **kw)
+VOCAB = CHAT_VOCAB
+tiny_tokenizer, tiny_cfg = tiny_chat_tokenizer, tiny_chat_cfg
 
 
 def test_reinforce_gradient_matches_torch_oracle(tmp_path):

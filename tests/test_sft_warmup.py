@@ -7,7 +7,7 @@ import jax
 import numpy as np
 import pytest
 from flax import nnx
-from test_refalign import tiny_cfg, tiny_tokenizer
+from _word_tokenizer import tiny_chat_cfg as tiny_cfg, tiny_chat_tokenizer as tiny_tokenizer
 
 from align_jax.algorithms.refalign_eval import generate_answers
 from align_jax.algorithms.sft import SFTConfig, warm_up

@@ -25,7 +25,7 @@ from align_jax.losses.policy_gradient import advantages, reinforce_loss
 from align_jax.losses.registry import list_losses
 from align_jax.rewards.similarity import strip_for_scoring
 from align_jax.sampling.sampler import SampleOutput, SamplingConfig, sample_texts
-from align_jax.train.logprobs import token_logps
+from align_jax.train.logprobs import rollout_logps, token_logps
 
 
 @dataclasses.dataclass(frozen=True)
@@ -118,10 +118,7 @@ def make_loss_fn(cfg: RefAlignConfig):
 
     def loss_fn(model, batch, rng):
         del rng
-        logp_bt, ent_bt = token_logps(model, batch["input_ids"], batch["attention_mask"],
-                                      batch["loss_mask"], chunk_size=cfg.chunk_size,
-                                      return_entropy=True)
-        mask_bt = batch["loss_mask"][:, 1:]
+        logp_bt, ent_bt, mask_bt = rollout_logps(model, batch, cfg.chunk_size)
         use_ratio = cfg.clip_ratio is not None or cfg.updates_per_rollout > 1
         loss, metrics = reinforce_loss(
             logp_bt, mask_bt, batch["adv"],

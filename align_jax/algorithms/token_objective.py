@@ -28,7 +28,7 @@ from align_jax.algorithms.refalign import Rollout, train_batch
 from align_jax.errors import ConfigError
 from align_jax.losses.registry import get_loss, list_losses
 from align_jax.losses.token_pg import AdvantageConfig, TokenPGConfig, TokenPGInputs, TokenRewards
-from align_jax.train.logprobs import token_logps
+from align_jax.train.logprobs import rollout_logps
 
 TokenRewardHook = Callable[[Rollout, dict], tuple[np.ndarray, dict]]
 
@@ -78,10 +78,7 @@ class TokenPGObjective:
 
         def loss_fn(model, batch, rng):
             del rng
-            logp_bt, ent_bt = token_logps(model, batch["input_ids"], batch["attention_mask"],
-                                          batch["loss_mask"], chunk_size=self.chunk_size,
-                                          return_entropy=True)
-            mask_bt = batch["loss_mask"][:, 1:]
+            logp_bt, ent_bt, mask_bt = rollout_logps(model, batch, self.chunk_size)
             if self.pg.beta and "init_logps" not in batch:
                 raise ConfigError("pg.beta > 0 needs the initial policy's log-probs: set the "
                                   "online objective's kl_coef > 0 as well")

@@ -115,3 +115,11 @@ def sequence_logps_from_logits(logits_btv, input_ids_bt, loss_mask_bt=None,
     """Pure variant of :func:`sequence_logps` over given logits."""
     logp_bt = token_logps_from_logits(logits_btv, input_ids_bt, loss_mask_bt, attention_mask_bt)
     return reduce_sequence(logp_bt, shifted_mask(loss_mask_bt, attention_mask_bt))
+
+
+def rollout_logps(model, batch, chunk_size: int | None = None):
+    """(log-probs [B, T-1], entropies [B, T-1], response mask [B, T-1]) of a rollout batch
+    (``input_ids/attention_mask/loss_mask``): what every on-policy loss starts from."""
+    logp_bt, ent_bt = token_logps(model, batch["input_ids"], batch["attention_mask"],
+                                  batch["loss_mask"], chunk_size=chunk_size, return_entropy=True)
+    return logp_bt, ent_bt, batch["loss_mask"][:, 1:]
