@@ -71,6 +71,8 @@ class TokenPGObjective:
         sel = mask.astype(bool)
         stats["adv/absmean"] = float(np.abs(adv[sel]).mean()) if sel.any() else 0.0
         stats["reward/token_sum"] = float(rewards.sum(1).mean())
+        # the loop's "total_reward": what the policy is trained on, summed over each response
+        stats.setdefault("reward/total", stats["reward/token_sum"])
         return batch, stats
 
     def make_loss_fn(self):
