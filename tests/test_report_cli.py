@@ -115,7 +115,9 @@ Run directory: `{a}` · 3 logged steps (last step 3)
 """
     # four panels: 3 columns x 2 rows of 4.2 x 3.0 inches at 110 dpi; one unlabelled run each
     assert _png_size(a / "curves.png") == (1386, 660)
-    assert drawn == {"reward/sim": [], "len/mean": [], "kl_to_init": [], "train/loss": []}
+    # one run: the legend names the raw line (< 5 points: no moving average yet)
+    assert drawn == {"reward/sim": ["raw"], "len/mean": ["raw"], "kl_to_init": ["raw"],
+                     "train/loss": ["raw"]}
 
 
 def test_several_runs_overlay_and_table(runs, tmp_path, drawn):
@@ -141,9 +143,9 @@ def test_several_runs_overlay_and_table(runs, tmp_path, drawn):
 
 ![curves](x.png)
 """
-    assert drawn == {"reward/sim": ["A", "C"], "len/mean": ["A", "C"], "kl_to_init": ["A"],
-                     "train/loss": ["A", "B"], "train/rewards/accuracies": ["B"],
-                     "train/grad_norm": ["B"]}
+    assert drawn == {"reward/sim": ["A: raw", "C: raw"], "len/mean": ["A: raw", "C: raw"],
+                     "kl_to_init": ["A: raw"], "train/loss": ["A: raw", "B: raw"],
+                     "train/rewards/accuracies": ["B: raw"], "train/grad_norm": ["B: raw"]}
     assert _png_size(written["png"]) == (1386, 660)  # six panels: 3 x 2
     assert not any((r / "report.md").exists() for r in runs)  # comparing leaves the runs as is
 
