@@ -18,8 +18,8 @@ from test_preference_step import TCFG, _pairs, fresh, tiny  # noqa: F401  (tiny 
 
 BUILT_IN = {
     "pair": ["aot", "aot_unpaired", "apo_down", "apo_zero", "bco_pair", "cdpo", "cpo", "discopop",
-             "dpop", "exo_pair", "hinge", "ipo", "nca_pair", "orpo", "rdpo", "robust", "sft",
-             "sigmoid", "sigmoid_norm", "simpo", "sppo_hard"],
+             "dpop", "exo_pair", "hinge", "ipo", "ld_align", "nca_pair", "orpo", "rdpo", "robust",
+             "sft", "sigmoid", "sigmoid_norm", "simpo", "sppo_hard"],
     "unpaired": ["apo_zero_unpaired", "kto"],
     "rpo": ["rpo_diagonal", "rpo_paired", "rpo_unpaired"],
     "listwise": ["lipo_lambda", "opo", "plackett_luce", "pro"],
