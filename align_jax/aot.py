@@ -3,6 +3,7 @@
     python -m align_jax.aot refalign_safety                       # its paper-scale preset
     python -m align_jax.aot dpo preset=rpo_mistral7b topology=v5p:2x2x2 mesh=1,-1,1
     python -m align_jax.aot refalign_safety model=/path/config.json rows=64 remat=true
+    python -m align_jax.aot dpo preset=tiny_dpo topology=v5e:2x2 slices=2   # multi-slice
 
 With ``libtpu`` importable (``pip install libtpu==0.0.42.1`` — the version jax 0.10.2 pins; no TPU
 needed), ``jax.experimental.topologies`` describes the named slice as compile-only devices. The
@@ -12,7 +13,11 @@ jitted program the experiment runs is lowered and compiled by the TPU compiler:
 
 * online RefAlign: the REINFORCE train step (AdamW state included), the sampler's prefill and
   decode loop, the BERTScore encoder forward, the reference log-prob pass (KL);
-* offline preference (dpo): the pairwise train step and the reference log-prob pass.
+* offline preference (dpo): the pairwise train step and the reference log-prob pass;
+* ALaRM: the token-level PPO-clip step, the sampler, the holistic reward model's forward (and
+  the reference pass with a KL penalty);
+* LD-Align: the latent-weighted DPO step and reference pass, the sampler (each round's losers),
+  the guide's encoder ϕ and one reconstruction update of its decoder ψ.
 
 Per program and per chip it prints argument, output, temp and peak bytes against the chip's
 HBM, FLOPs (``cost_analysis``) and compile time; exits 1 with ``does not fit: program X needs N
@@ -56,8 +61,10 @@ class Program:
         return self.arg + self.out - self.alias + self.temp
 
 
-def topology_devices(name: str):
-    """Compile-only devices of a TPU slice, e.g. ``v5p:4x4x4`` (needs libtpu, not a TPU)."""
+def topology_devices(name: str, slices: int = 1):
+    """Compile-only devices of a TPU slice, e.g. ``v5p:4x4x4`` (needs libtpu, not a TPU);
+    ``slices`` > 1: that many slices joined over the data-center network (multi-slice), listed
+    slice-major, so a mesh whose data axis is ``slices`` puts data parallelism across them."""
     import os
 
     # compile-only: several processes may hold libtpu at once (its lockfile guards real chips)
@@ -65,7 +72,9 @@ def topology_devices(name: str):
     try:
         from jax.experimental import topologies
 
-        return list(topologies.get_topology_desc(topology_name=name, platform="tpu").devices)
+        kw = {"num_slices": slices} if slices > 1 else {}
+        return list(topologies.get_topology_desc(topology_name=name, platform="tpu",
+                                                 **kw).devices)
     except Exception as e:  # no libtpu, or a name the runtime does not know
         raise ConfigError(f"topology={name}: cannot describe it ({type(e).__name__}: "
                           f"{str(e).splitlines()[0][:160]}). Install libtpu==0.0.42.1 "
@@ -226,6 +235,8 @@ def preference_programs(p: Preset, mesh, optim) -> list:
     pairs = _batch(mesh, shapes)
     refs = _batch(mesh, {k: ((B,), jnp.float32) for k in ("ref_chosen_logps",
                                                            "ref_rejected_logps")})
+    if p.loss == "ld_align":  # the guide's per-pair weights ride in the batch
+        refs.update(_batch(mesh, {"pair_weight": ((B,), jnp.float32)}))
     loss_fn = make_pair_loss_fn(PrefConfig(loss=p.loss, beta=p.beta), completion_len=p.gen_len)
     step = make_train_step(loss_fn, optim, bundle, mesh)
     from align_jax.sharding import use_mesh
@@ -240,25 +251,129 @@ def preference_programs(p: Preset, mesh, optim) -> list:
             ("reference log-probs (cache pass)", lambda: ref_fn.lower(state.params, pairs))]
 
 
-FAMILY = {"online": online_programs, "preference": preference_programs}
+def _reward_model_program(p: Preset, rows: int, length: int, mesh):
+    """The holistic reward model's forward: a policy-family decoder with a score head."""
+    from align_jax.models.llama import Decoder
+    from align_jax.models.score_head import ScoredDecoder
+    from align_jax.sharding import use_mesh
+    from align_jax.train.state import tree_shardings
+
+    cfg = dataclasses.replace(MODELS[p.reward_model], dtype=p.dtype, param_dtype=p.dtype)
+    gdef, rstate = nnx.split(nnx.eval_shape(lambda: ScoredDecoder(
+        Decoder(cfg, rngs=nnx.Rngs(0)), 1, pad_token_id=cfg.pad_token_id, rngs=nnx.Rngs(0))))
+    rstate = _abstract(rstate, tree_shardings(rstate, mesh))
+    tok = _batch(mesh, {"ids": ((rows, length), jnp.int32), "mask": ((rows, length), jnp.int32)})
+
+    @jax.jit
+    def scores(state, ids, mask):  # as DecoderRewardModel runs it
+        with use_mesh(mesh):
+            return nnx.merge(gdef, state)(ids, mask)
+
+    return (f"reward model forward ({p.reward_model}, {rows} x {length})",
+            lambda: scores.lower(rstate, tok["ids"], tok["mask"]))
+
+
+def alarm_programs(p: Preset, mesh, optim) -> list:
+    """ALaRM's programs: the token-level PPO-clip step (per-token advantages from the
+    hierarchical rewards), the sampler, the holistic reward model's forward, and the reference
+    pass when a KL penalty is on."""
+    from align_jax.algorithms import refalign as ra
+    from align_jax.algorithms.token_objective import TokenPGObjective
+    from align_jax.losses.token_pg import TokenPGConfig
+    from align_jax.train.step import make_train_step
+
+    bundle, state = abstract_policy(p.policy_config(), mesh, optim)
+    R, T = p.rows, p.prompt_len + p.gen_len
+    seq = _batch(mesh, {"input_ids": ((R, T), jnp.int32), "attention_mask": ((R, T), jnp.int32),
+                        "loss_mask": ((R, T), jnp.int32), "adv": ((R, T - 1), jnp.float32),
+                        "old_logps": ((R, T - 1), jnp.float32)})
+    pg = TokenPGConfig(beta=p.kl_coef)
+    if p.kl_coef:
+        seq.update(_batch(mesh, {"init_logps": ((R, T - 1), jnp.float32)}))
+    objective = TokenPGObjective(token_rewards=lambda ro, comps: (None, {}), loss="ppo", pg=pg)
+    step = make_train_step(objective.make_loss_fn(), optim, bundle, mesh)
+    progs = [("train step (token-level PPO-clip + AdamW)", lambda: step.lower(state, seq))]
+    if p.kl_coef:
+        init_fn = ra.make_init_logps_fn(bundle, mesh=mesh)
+        progs.append(("reference log-probs (KL to the initial policy)",
+                      lambda: init_fn.lower(state.params, seq)))
+    return (progs + _sampler_programs(bundle, state, mesh, R, p.prompt_len, p.gen_len)
+            + [_reward_model_program(p, R, T, mesh)])
+
+
+def _guide_programs(p: Preset, mesh) -> list:
+    """LD-Align's guide: ϕ (encoder, mean-pooled, projected) and one reconstruction update of
+    ψ (the policy-family decoder with LoRA and the latent as prefix vectors)."""
+    from align_jax.models.encoder import Encoder
+    from align_jax.models.latent_ae import (GUIDE_TRAINABLE, GuideConfig, LatentGuide,
+                                            reconstruction_loss_fn)
+    from align_jax.models.llama import Decoder
+    from align_jax.sharding import use_mesh
+    from align_jax.train.optim import OptimConfig
+    from align_jax.train.state import TrainState, split_model, tree_shardings
+    from align_jax.train.step import make_train_step
+
+    gcfg = GuideConfig()
+    dcfg = dataclasses.replace(p.policy_config(), lora_rank=gcfg.lora_rank,
+                               lora_alpha=gcfg.lora_alpha)
+    guide = nnx.eval_shape(lambda: LatentGuide(Encoder(ENCODERS[p.encoder], rngs=nnx.Rngs(0)),
+                                               Decoder(dcfg, rngs=nnx.Rngs(0)), gcfg,
+                                               rngs=nnx.Rngs(0)))
+    optim = OptimConfig(lr=1e-3).make(100)
+    bundle, params = split_model(guide, GUIDE_TRAINABLE)
+    state = TrainState(params=params, opt_state=jax.eval_shape(optim.init, params),
+                       step=jax.ShapeDtypeStruct((), jnp.int32),
+                       rng=jax.ShapeDtypeStruct((2,), jnp.uint32))
+    state = _abstract(state, tree_shardings(state, mesh))
+    bundle = bundle.replace_frozen(_abstract(bundle.frozen, tree_shardings(bundle.frozen, mesh)))
+    R, T, E = p.rows, p.prompt_len + p.gen_len, min(p.encoder_len, gcfg.encoder_max_len)
+    b = _batch(mesh, {"enc_input_ids": ((R, E), jnp.int32), "enc_attention_mask": ((R, E), jnp.int32),
+                      "enc_token_type_ids": ((R, E), jnp.int32), "input_ids": ((R, T), jnp.int32),
+                      "attention_mask": ((R, T), jnp.int32), "loss_mask": ((R, T), jnp.int32)})
+    step = make_train_step(reconstruction_loss_fn(), optim, bundle, mesh)
+
+    @jax.jit
+    def phi(params, frozen, ids, mask, types):  # as make_latent_fn runs it
+        with use_mesh(mesh):
+            return bundle.merge(params, frozen).encode(ids, mask, types)
+
+    return [(f"guide encoder phi ({p.encoder}, {R} pairs x {E})",
+             lambda: phi.lower(state.params, bundle.frozen, b["enc_input_ids"],
+                               b["enc_attention_mask"], b["enc_token_type_ids"])),
+            (f"guide reconstruction step (LoRA {gcfg.lora_rank}, {gcfg.prefix_len} prefix)",
+             lambda: step.lower(state, b))]
+
+
+def ld_align_programs(p: Preset, mesh, optim) -> list:
+    """LD-Align's programs: the latent-weighted DPO step and reference pass, the sampler that
+    draws each round's losers, and the guide (encoder ϕ, reconstruction update)."""
+    bundle, state = abstract_policy(p.policy_config(), mesh, optim)
+    return (preference_programs(dataclasses.replace(p, loss="ld_align"), mesh, optim)
+            + _sampler_programs(bundle, state, mesh, p.rows, p.prompt_len, p.gen_len)
+            + _guide_programs(p, mesh))
+
+
+FAMILY = {"online": online_programs, "preference": preference_programs,
+          "alarm": alarm_programs, "ld_align": ld_align_programs}
 
 SUGGEST = ("more chips on the fsdp axis (mesh=1,-1,1: weights, grads and Adam moments are "
            "sharded over it), remat=true (recompute activations in the backward pass), fewer "
            "rows per step (rows=), bf16 weights (dtype=bfloat16), a larger slice (topology=)")
 
 
-def run(p: Preset, topology: str, mesh_spec: str) -> list[Program]:
+def run(p: Preset, topology: str, mesh_spec: str, slices: int = 1) -> list[Program]:
     from align_jax.sharding import make_mesh
     from align_jax.train.optim import OptimConfig
 
-    devices = topology_devices(topology)
+    devices = topology_devices(topology, slices)
     mesh = make_mesh(mesh_spec, devices=devices)
     optim = OptimConfig(lr=1e-6).make(100)
     hbm = hbm_gib(topology) * GIB
     cfg = p.policy_config()
     print(f"[aot] {p.name}: policy {p.model} ({cfg.param_count() / 1e9:.2f}B params, "
           f"{cfg.dtype}, remat={cfg.remat}), {p.rows} rows x {p.prompt_len}+{p.gen_len} tokens; "
-          f"{topology}: {len(devices)} chips x {hbm / GIB:.0f} GiB HBM, mesh "
+          f"{topology}{f' x {slices} slices' if slices > 1 else ''}: {len(devices)} chips x "
+          f"{hbm / GIB:.0f} GiB HBM, mesh "
           f"{dict(mesh.shape)}")
     print(f"{'program':<52}{'arg':>8}{'out':>8}{'temp':>8}{'peak':>8}{'HBM':>6}"
           f"{'TFLOP':>9}{'compile s':>10}   (GiB per chip)")
@@ -295,16 +410,23 @@ def main(argv: list[str]) -> int:
     if p.experiment != experiment:
         raise ConfigError(f"preset={name} is for {p.experiment}, not {experiment}")
     topology = kv.pop("topology", p.topology)
-    mesh = kv.pop("mesh", p.mesh)
-    if "model" in kv:
-        kv["model"] = _model_from_path(kv["model"])
+    try:
+        slices = int(kv.pop("slices", "1"))
+    except ValueError:
+        raise ConfigError("slices= expects a whole number of TPU slices") from None
+    # several slices: data parallelism across them (DCN), fsdp inside each (ICI)
+    mesh = kv.pop("mesh", p.mesh if slices == 1 else f"{slices},-1,1")
+    for key in ("model", "reward_model"):  # a named shape or an HF config.json
+        if key in kv:
+            kv[key] = _model_from_path(kv[key], key)
     p = p.override(**kv)
-    run(p, topology, mesh)
+    run(p, topology, mesh, slices)
     return 0
 
 
-def _model_from_path(path: str) -> str:
-    """``model=`` an HF config.json (or its directory): registered as a preset model."""
+def _model_from_path(path: str, key: str = "model") -> str:
+    """``model=`` / ``reward_model=`` an HF config.json (or its directory): registered as a
+    preset model."""
     from align_jax.models.config import DecoderConfig
 
     f = Path(path)
@@ -312,8 +434,8 @@ def _model_from_path(path: str) -> str:
     if not f.is_file():
         if path in MODELS:
             return path
-        raise ConfigError(f"model={path}: neither a named model ({', '.join(MODELS)}) nor an HF "
-                          "config.json")
+        raise ConfigError(f"{key}={path}: neither a named model ({', '.join(MODELS)}) nor an "
+                          "HF config.json")
     MODELS[str(f)] = DecoderConfig.from_hf(json.loads(f.read_text()))
     return str(f)
 

@@ -23,6 +23,13 @@ MODELS: dict[str, DecoderConfig] = {
                                 num_layers=32, num_heads=32, num_kv_heads=8, head_dim=128,
                                 max_position_embeddings=32768, sliding_window=4096,
                                 model_type="mistral", eos_token_id=2, pad_token_id=0),
+    # ALaRM's 7B class: Llama-2 shapes (policy; the holistic RM is a decoder with a score head)
+    "llama2_7b": DecoderConfig(vocab_size=32000, hidden_size=4096, intermediate_size=11008,
+                               num_layers=32, num_heads=32, num_kv_heads=32, head_dim=128,
+                               max_position_embeddings=4096, eos_token_id=2, pad_token_id=0),
+    "llama2_13b": DecoderConfig(vocab_size=32000, hidden_size=5120, intermediate_size=13824,
+                                num_layers=40, num_heads=40, num_kv_heads=40, head_dim=128,
+                                max_position_embeddings=4096, eos_token_id=2, pad_token_id=0),
     "smollm2_135m": DecoderConfig(vocab_size=49152, hidden_size=576, intermediate_size=1536,
                                   num_layers=30, num_heads=9, num_kv_heads=3, head_dim=64,
                                   tie_word_embeddings=True, max_position_embeddings=8192,
@@ -44,7 +51,7 @@ ENCODERS: dict[str, EncoderConfig] = {
 class Preset:
     name: str
     experiment: str
-    family: str  # online | preference (which programs: align_jax.aot.FAMILY)
+    family: str  # online | preference | alarm | ld_align (which programs: align_jax.aot.FAMILY)
     model: str
     topology: str  # the suggested slice
     mesh: str = "1,-1,1"  # data, fsdp, tensor (fsdp over every chip by default)
@@ -53,7 +60,8 @@ class Preset:
     gen_len: int = 384
     k: int = 2
     kl_coef: float = 0.0
-    encoder: str = "roberta_large"
+    encoder: str = "roberta_large"  # BERTScore encoder / LD-Align's guide encoder
+    reward_model: str = "llama2_7b"  # ALaRM's holistic reward model (a named decoder shape)
     encoder_len: int = 512
     loss: str = "sigmoid"
     beta: float = 0.1
@@ -74,8 +82,11 @@ class Preset:
                                   f"{', '.join(f for f in fields if f not in ('name', 'experiment', 'family'))})")
             typ = type(getattr(self, k))
             out[k] = (v.lower() in ("1", "true", "yes")) if typ is bool else typ(v)
-        if "model" in out and out["model"] not in MODELS:
-            raise ConfigError(f"model={out['model']}: unknown (known: {', '.join(MODELS)})")
+        for key in ("model", "reward_model"):
+            if key in out and out[key] not in MODELS:
+                raise ConfigError(f"{key}={out[key]}: unknown (known: {', '.join(MODELS)})")
+        if "encoder" in out and out["encoder"] not in ENCODERS:
+            raise ConfigError(f"encoder={out['encoder']}: unknown (known: {', '.join(ENCODERS)})")
         return dataclasses.replace(self, **out)
 
 
@@ -94,9 +105,22 @@ PRESETS: dict[str, Preset] = {p.name: p for p in (
            gen_len=256, remat=True),
     Preset("ap_simpo_llama3_8b", "dpo", "preference", "llama3_8b", "v5p:2x2x4", rows=128,
            prompt_len=256, gen_len=256, loss="simpo", beta=10.0, remat=True),
+    # ALaRM at 7B: Llama-2-7B-class policy and holistic reward model (reward_model=llama2_13b
+    # for a 13B RM), long-form QA at 256 sampled answers per step, token-level PPO with a KL
+    Preset("alarm", "alarm", "alarm", "llama2_7b", "v5p:2x2x4", rows=256, prompt_len=256,
+           gen_len=256, k=1, kl_coef=0.05, remat=True),
+    # LD-Align at the paper's scale: Mistral-7B SFT policy, 128 (reference, sample) pairs per
+    # step, UltraChat-length turns; the guide = MiniLM encoder + the policy's decoder with LoRA
+    Preset("ld_align", "ld_align", "ld_align", "mistral_7b", "v5p:2x2x4", rows=128,
+           prompt_len=256, gen_len=256, encoder="minilm_l6", encoder_len=128, loss="ld_align",
+           remat=True),
     # the offline default's shapes, for a quick check on any slice
     Preset("tiny_refalign", "refalign_safety", "online", "smollm2_135m", "v5p:2x2x1", rows=8,
            prompt_len=32, gen_len=16, encoder="minilm_l6", encoder_len=64),
     Preset("tiny_dpo", "dpo", "preference", "smollm2_135m", "v5p:2x2x1", rows=8, prompt_len=32,
            gen_len=32),
+    Preset("tiny_alarm", "alarm", "alarm", "smollm2_135m", "v5p:2x2x1", rows=8, prompt_len=32,
+           gen_len=16, kl_coef=0.05, reward_model="smollm2_135m"),
+    Preset("tiny_ld_align", "ld_align", "ld_align", "smollm2_135m", "v5p:2x2x1", rows=8,
+           prompt_len=32, gen_len=16, encoder="minilm_l6", encoder_len=64, loss="ld_align"),
 )}

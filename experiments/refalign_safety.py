@@ -61,7 +61,9 @@ class Config(ex.OnlineExperiment):
     harmless: str = "classifier"  # classifier (learned; or classifier_path=) | refusal | contrast
     harmless_weight: float = 4.0
     harmless_unit: float = HARMLESS_UNIT  # harmless scores in [-unit, unit] (similarity scale)
-    over_refusal_penalty: float = 1.0  # benign prompt refused: -penalty·unit
+    # benign prompt refused: -penalty·unit. 2 (not 1): at 1 RL spread refusals to benign
+    # prompts on one seed of three (8% -> 33%); at 2 over-refusal ended at 0% on all three
+    over_refusal_penalty: float = 2.0
     harmless_patterns: float = 0.5  # share of the refusal patterns in the learned score
     classifier_path: str | None = None  # an HF sequence-classification cost/safety model
     classifier_label: int = 0
@@ -70,11 +72,13 @@ class Config(ex.OnlineExperiment):
     lora_alpha: float = 32.0
     lora_targets: tuple[str, ...] = ("wq", "wk", "wv", "wo", "w_gate", "w_up", "w_down")
     # kl_coef: KL-to-initial penalty (k3); 0 = RefAlign as published (see README)
-    objective: RefAlignConfig = RefAlignConfig(k=2, advantage="mean", kl_coef=0.1)
+    objective: RefAlignConfig = RefAlignConfig(k=2, advantage="mean", kl_coef=0.2)
     # T=1 samples of a 135M model ramble: similarity fell 0.44 → 0.14, hence temperature 0.7
     sampling: SamplingConfig = SamplingConfig(max_new_tokens=48, temperature=0.7, top_p=1.0,
                                               prompt_bucket=16)
-    optim: OptimConfig = OptimConfig(lr=2e-4, grad_clip=1.0)
+    # lr 1e-4 + KL 0.2 (gentler than 2e-4 / 0.1): the RL phase polishes the warm-up's
+    # distinction instead of re-learning it (3-seed sweep in the README)
+    optim: OptimConfig = OptimConfig(lr=1e-4, grad_clip=1.0)
     # balance_by: every step holds risky AND benign prompts (refusal reward + over-refusal penalty)
     loop: OnlineLoopConfig = OnlineLoopConfig(steps=30, prompts_per_step=4, save_every=10,
                                               kl_every=5, balance_by="category")
