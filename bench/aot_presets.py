@@ -23,10 +23,18 @@ def main() -> None:
     from align_jax.aot import GIB, hbm_gib, run
     from align_jax.aot_presets import PRESETS
 
-    big = [k for k in PRESETS if not k.startswith("tiny")]
+    # one preset per method at its paper's scale (refalign_general and dpo share the shapes
+    # of refalign_safety and ap_simpo_llama3_8b; --presets adds them)
+    big = ["refalign_safety", "rpo_mistral7b", "ap_simpo_llama3_8b", "alarm", "ld_align"]
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--presets", default=",".join(big))
     args = ap.parse_args()
+    import importlib.metadata as md
+
+    import jax
+
+    print(f"# jax {jax.__version__}, libtpu {md.version('libtpu')}, load average "
+          f"{os.getloadavg()[0]:.2f} at start (compile seconds are this CPU's)")
     lines = ["| preset | slice | program | peak GiB / chip | of HBM | TFLOP / call | compile s |",
              "|---|---|---|---|---|---|---|"]
     for name in args.presets.split(","):
@@ -42,6 +50,7 @@ def main() -> None:
                          f"{100 * prog.peak / hbm:.0f}% | {prog.flops / 1e12:.1f} | "
                          f"{prog.compile_s:.0f} |")
     print("\n".join(lines))
+    print(f"# load average {os.getloadavg()[0]:.2f} at the end")
 
 
 if __name__ == "__main__":
