@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import dataclasses
 import importlib.util
+import shutil
 import sys
 from pathlib import Path
 
@@ -92,6 +93,9 @@ def reward_model_dir(cfg: Config, run_dir: Path) -> str:
         spec.loader.exec_module(rm_exp)
         rm_exp.main([f"out_dir={rm_run}", f"steps={cfg.rm_steps}", f"mesh={cfg.mesh}"]
                     + ([f"model={cfg.model}"] if cfg.model else []))
+        # finished and exported: its checkpoints (weights + Adam moments, 1.2 GB for the
+        # full-FT default) would only resume a run that is over
+        shutil.rmtree(rm_run / "checkpoints", ignore_errors=True)
     return str(rm_run / "export")
 
 
