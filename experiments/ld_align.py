@@ -13,8 +13,8 @@ the initial policy's samples. `weight=none` is SPIN (same rounds, every weight 1
 
 Offline default (SmolLM2-135M-Instruct, LoRA r=8; 32 bundled preference prompts whose `chosen`
 answer is the reference; 2 rounds × 8 updates of 4 pairs; guide 30 updates of 8 rows; held-out
-BERTScore-F1 to the reference on 16 eval prompts before and after each round): sized for about
-12 min on 2 quiet cores, an estimate not yet measured (README). Paper scale: docs/methods.md.
+BERTScore-F1 to the reference on 16 eval prompts before and after each round): 6 min on 2 quiet
+cores (SPIN, no guide: 3.5 min; measured, README). Paper scale: docs/methods.md.
 Outputs in runs/ld_align-<time>/ (out_dir= resumes): config.json, guide/ (its metrics, checkpoints,
 curves.png = reconstruction NLL, latents.png = 2-D PCA of reference vs sample latents,
 export/guide_params.npz), rounds/round_<r>/ (samples.json, pairs.jsonl with distance and weight,
