@@ -1,7 +1,7 @@
 """Will a paper-scale run compile and fit? Ahead-of-time compile for a TPU topology, on any machine.
 
     python -m align_jax.aot refalign_safety                       # its paper-scale preset
-    python -m align_jax.aot dpo preset=rpo_mistral7b topology=v5p:2x2x2 mesh=1,-1,1
+    python -m align_jax.aot rpo_hh preset=rpo_mistral7b topology=v5p:2x2x2 mesh=1,-1,1
     python -m align_jax.aot refalign_safety model=/path/config.json rows=64 remat=true
     python -m align_jax.aot dpo preset=tiny_dpo topology=v5e:2x2 slices=2   # multi-slice
 
@@ -237,7 +237,16 @@ def preference_programs(p: Preset, mesh, optim) -> list:
                                                            "ref_rejected_logps")})
     if p.loss == "ld_align":  # the guide's per-pair weights ride in the batch
         refs.update(_batch(mesh, {"pair_weight": ((B,), jnp.float32)}))
-    loss_fn = make_pair_loss_fn(PrefConfig(loss=p.loss, beta=p.beta), completion_len=p.gen_len)
+    if p.loss.startswith("rpo_"):  # RPO: groups of G pairs, prompt embeddings (MiniLM, 384)
+        from align_jax.algorithms.preference_step import make_rpo_loss_fn
+        from align_jax.losses.rpo import RPOConfig
+
+        refs.update(_batch(mesh, {"emb": ((B, 384), jnp.float32)}))
+        loss_fn = make_rpo_loss_fn(RPOConfig(variant=p.loss[len("rpo_"):], beta=p.beta,
+                                             group_size=p.group_size), completion_len=p.gen_len)
+    else:
+        loss_fn = make_pair_loss_fn(PrefConfig(loss=p.loss, beta=p.beta),
+                                    completion_len=p.gen_len)
     step = make_train_step(loss_fn, optim, bundle, mesh)
     from align_jax.sharding import use_mesh
 

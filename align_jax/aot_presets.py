@@ -63,8 +63,9 @@ class Preset:
     encoder: str = "roberta_large"  # BERTScore encoder / LD-Align's guide encoder
     reward_model: str = "llama2_7b"  # ALaRM's holistic reward model (a named decoder shape)
     encoder_len: int = 512
-    loss: str = "sigmoid"
+    loss: str = "sigmoid"  # a pairwise loss, or rpo_paired / rpo_unpaired / rpo_diagonal
     beta: float = 0.1
+    group_size: int = 8  # RPO: pairs per contrastive group
     dtype: str = "float32"
     remat: bool = False
 
@@ -99,8 +100,8 @@ PRESETS: dict[str, Preset] = {p.name: p for p in (
            rows=512, k=2, remat=True),
     # RPO (Mistral-7B on HH, groups of 8 pairs) and AP + SimPO (Llama-3-8B-Instruct): the
     # pairwise step at 128 pairs per step, 512-token sequences
-    Preset("rpo_mistral7b", "dpo", "preference", "mistral_7b", "v5p:2x2x4", rows=128,
-           prompt_len=256, gen_len=256, remat=True),
+    Preset("rpo_mistral7b", "rpo_hh", "preference", "mistral_7b", "v5p:2x2x4", rows=128,
+           prompt_len=256, gen_len=256, loss="rpo_paired", remat=True),
     Preset("dpo", "dpo", "preference", "llama3_8b", "v5p:2x2x4", rows=128, prompt_len=256,
            gen_len=256, remat=True),
     Preset("ap_simpo_llama3_8b", "dpo", "preference", "llama3_8b", "v5p:2x2x4", rows=128,
