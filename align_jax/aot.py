@@ -122,10 +122,16 @@ def _batch(mesh, shapes: dict[str, tuple[tuple[int, ...], Any]]):
 def abstract_policy(cfg, mesh, optim):
     """(bundle, abstract TrainState with shardings, abstract frozen) — nothing materialised."""
     from align_jax.models.llama import Decoder
+
+    return abstract_train_state(lambda: Decoder(cfg, rngs=nnx.Rngs(0)), mesh, optim)
+
+
+def abstract_train_state(build: Callable[[], Any], mesh, optim, trainable=None):
+    """(bundle with abstract frozen state, abstract TrainState) of the module ``build()`` makes,
+    both with the rules table's shardings on ``mesh``; ``trainable`` as ``split_model``'s."""
     from align_jax.train.state import TrainState, split_model, tree_shardings
 
-    model = nnx.eval_shape(lambda: Decoder(cfg, rngs=nnx.Rngs(0)))
-    bundle, params = split_model(model)
+    bundle, params = split_model(nnx.eval_shape(build), trainable)
     opt_state = jax.eval_shape(optim.init, params)
     state = TrainState(params=params, opt_state=opt_state,
                        step=jax.ShapeDtypeStruct((), jnp.int32),
@@ -220,13 +226,14 @@ def online_programs(p: Preset, mesh, optim) -> list:
             + [_encoder_program(p.encoder, 2 * R, p.encoder_len, mesh)])
 
 
-def preference_programs(p: Preset, mesh, optim) -> list:
-    """The offline pairwise step (DPO family, cached reference) and the reference pass."""
+def preference_programs(p: Preset, mesh, optim, policy=None) -> list:
+    """The offline pairwise step (DPO family, cached reference) and the reference pass;
+    ``policy``: an ``abstract_policy`` result to reuse (built here when None)."""
     from align_jax.algorithms.preference_step import make_pair_loss_fn, reference_pair_values
     from align_jax.losses import PrefConfig
     from align_jax.train.step import make_train_step
 
-    bundle, state = abstract_policy(p.policy_config(), mesh, optim)
+    bundle, state = policy or abstract_policy(p.policy_config(), mesh, optim)
     B, T = p.rows, p.prompt_len + p.gen_len
     shapes = {}
     for side in ("chosen", "rejected"):
@@ -237,11 +244,12 @@ def preference_programs(p: Preset, mesh, optim) -> list:
                                                            "ref_rejected_logps")})
     if p.loss == "ld_align":  # the guide's per-pair weights ride in the batch
         refs.update(_batch(mesh, {"pair_weight": ((B,), jnp.float32)}))
-    if p.loss.startswith("rpo_"):  # RPO: groups of G pairs, prompt embeddings (MiniLM, 384)
+    if p.loss.startswith("rpo_"):  # RPO: groups of G pairs, prompt embeddings (MiniLM's)
         from align_jax.algorithms.preference_step import make_rpo_loss_fn
         from align_jax.losses.rpo import RPOConfig
 
-        refs.update(_batch(mesh, {"emb": ((B, 384), jnp.float32)}))
+        emb_dim = ENCODERS["minilm_l6"].hidden_size
+        refs.update(_batch(mesh, {"emb": ((B, emb_dim), jnp.float32)}))
         loss_fn = make_rpo_loss_fn(RPOConfig(variant=p.loss[len("rpo_"):], beta=p.beta,
                                              group_size=p.group_size), completion_len=p.gen_len)
     else:
@@ -319,22 +327,15 @@ def _guide_programs(p: Preset, mesh) -> list:
     from align_jax.models.llama import Decoder
     from align_jax.sharding import use_mesh
     from align_jax.train.optim import OptimConfig
-    from align_jax.train.state import TrainState, split_model, tree_shardings
     from align_jax.train.step import make_train_step
 
     gcfg = GuideConfig()
     dcfg = dataclasses.replace(p.policy_config(), lora_rank=gcfg.lora_rank,
                                lora_alpha=gcfg.lora_alpha)
-    guide = nnx.eval_shape(lambda: LatentGuide(Encoder(ENCODERS[p.encoder], rngs=nnx.Rngs(0)),
-                                               Decoder(dcfg, rngs=nnx.Rngs(0)), gcfg,
-                                               rngs=nnx.Rngs(0)))
     optim = OptimConfig(lr=1e-3).make(100)
-    bundle, params = split_model(guide, GUIDE_TRAINABLE)
-    state = TrainState(params=params, opt_state=jax.eval_shape(optim.init, params),
-                       step=jax.ShapeDtypeStruct((), jnp.int32),
-                       rng=jax.ShapeDtypeStruct((2,), jnp.uint32))
-    state = _abstract(state, tree_shardings(state, mesh))
-    bundle = bundle.replace_frozen(_abstract(bundle.frozen, tree_shardings(bundle.frozen, mesh)))
+    bundle, state = abstract_train_state(lambda: LatentGuide(
+        Encoder(ENCODERS[p.encoder], rngs=nnx.Rngs(0)), Decoder(dcfg, rngs=nnx.Rngs(0)), gcfg,
+        rngs=nnx.Rngs(0)), mesh, optim, GUIDE_TRAINABLE)
     R, T, E = p.rows, p.prompt_len + p.gen_len, min(p.encoder_len, gcfg.encoder_max_len)
     b = _batch(mesh, {"enc_input_ids": ((R, E), jnp.int32), "enc_attention_mask": ((R, E), jnp.int32),
                       "enc_token_type_ids": ((R, E), jnp.int32), "input_ids": ((R, T), jnp.int32),
@@ -357,7 +358,8 @@ def ld_align_programs(p: Preset, mesh, optim) -> list:
     """LD-Align's programs: the latent-weighted DPO step and reference pass, the sampler that
     draws each round's losers, and the guide (encoder ϕ, reconstruction update)."""
     bundle, state = abstract_policy(p.policy_config(), mesh, optim)
-    return (preference_programs(dataclasses.replace(p, loss="ld_align"), mesh, optim)
+    return (preference_programs(dataclasses.replace(p, loss="ld_align"), mesh, optim,
+                                (bundle, state))
             + _sampler_programs(bundle, state, mesh, p.rows, p.prompt_len, p.gen_len)
             + _guide_programs(p, mesh))
 
