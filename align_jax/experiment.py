@@ -166,14 +166,15 @@ class OnlineExperiment:
 
 def train_between_evals(cfg: OnlineExperiment, run_dir: Path, policy, tokenizer, records,
                         reward_fn, held_out: Callable, *, mesh=None, label: str,
-                        objective=None) -> tuple[dict, Any, dict]:
+                        objective=None, sft_records=None) -> tuple[dict, Any, dict]:
     """(before, trained policy, after): the held-out evaluation of the initial policy (kept when
     the run resumes), the supervised warm-up if ``cfg.sft.steps`` (in ``<run>/sft``, evaluated
-    into ``eval_sft.json``), the on-policy training in the one loop, the evaluation of the
-    result."""
+    into ``eval_sft.json``; on ``sft_records``, default ``records``), the on-policy training in
+    the one loop, the evaluation of the result."""
     before = evaluate_before(run_dir, lambda: held_out(policy))
     if cfg.sft.steps:
-        policy = warm_up(policy, tokenizer, records, cfg.sft, run_dir / "sft", mesh=mesh,
+        policy = warm_up(policy, tokenizer, records if sft_records is None else sft_records,
+                         cfg.sft, run_dir / "sft", mesh=mesh,
                          seed=cfg.loop.seed, progress=cfg.loop.progress)
         after_sft = eval_once(run_dir / "eval_sft.json", lambda: held_out(policy))
         print("[align_jax] after the warm-up:", report.fmt_metrics(after_sft["metrics"]))

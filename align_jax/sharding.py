@@ -143,10 +143,38 @@ def state_shardings(state, mesh: Mesh):
     return jax.tree.map(one, state, is_leaf=_is_var)
 
 
+def put(tree, shardings):
+    """``jax.device_put`` leaf by leaf onto ``shardings`` (one Sharding, or a tree of them), in a
+    way that also works multi-host.
+
+    A jax array committed to this process's devices cannot be device_put onto a mesh spanning
+    other processes ("must represent addressable devices"); numpy can (every process passes the
+    same value). So such arrays go through the host there — and on the CPU backend always, where
+    host memory IS device memory and it avoids compiling one resharding program per (shape,
+    sharding), which dominates start-up on simulated 8-device meshes. PRNG key arrays go as their
+    key data."""
+    multihost = jax.process_count() > 1
+
+    def one(x, s):
+        if isinstance(x, jax.Array):
+            if x.sharding == s:
+                return x
+            if jax.dtypes.issubdtype(x.dtype, jax.dtypes.prng_key):
+                return jax.random.wrap_key_data(one(jax.random.key_data(x), s),
+                                                impl=jax.random.key_impl(x))
+            if x.is_fully_addressable and (multihost or all(d.platform == "cpu"
+                                                            for d in x.devices())):
+                x = np.asarray(x)
+        return jax.device_put(x, s)
+
+    if isinstance(shardings, jax.sharding.Sharding):
+        return jax.tree.map(lambda x: one(x, shardings), tree)
+    return jax.tree.map(one, tree, shardings)
+
+
 def shard_state(state, mesh: Mesh):
     """Place an NNX State on the mesh according to the rules table."""
-    shardings = state_shardings(state, mesh)
-    return jax.device_put(state, shardings)
+    return put(state, state_shardings(state, mesh))
 
 
 def shard_model(model, mesh: Mesh):
@@ -173,10 +201,63 @@ def place_batch(batch, mesh: Mesh | None):
         x = np.asarray(x)
         s = batch_sharding(mesh, x.ndim)
         if jax.process_count() == 1:
-            return jax.device_put(x, s)
+            return put(x, s)
         return jax.make_array_from_process_local_data(s, x)
 
     return jax.tree.map(one, batch)
+
+
+def local_batch_multiple(mesh: Mesh | None) -> int:
+    """Rows THIS process must pass so that the global batch divides the mesh's batch axes
+    (their product over the processes; 1 without a mesh)."""
+    if mesh is None:
+        return 1
+    spec = logical_to_spec(("batch",), mesh)[0]
+    axes = (spec,) if isinstance(spec, str) else tuple(spec or ())
+    return max(1, math.prod(mesh.shape[a] for a in axes) // jax.process_count())
+
+
+def process_max(*values: int) -> tuple[int, ...]:
+    """Each value's maximum over the processes (identity with one process).
+
+    Multi-host: a global array is assembled from process-local pieces of ONE shape, and every
+    process must run the same programs the same number of times; hosts agree on row counts,
+    length buckets and loop trip counts with this before they feed data of their own."""
+    vals = np.asarray([int(v) for v in values], np.int64)
+    if jax.process_count() > 1:
+        from jax.experimental import multihost_utils
+
+        vals = np.asarray(multihost_utils.process_allgather(vals)).reshape(
+            jax.process_count(), -1).max(axis=0)
+    return tuple(int(v) for v in vals)
+
+
+def local_rows(x, axis: int = 0) -> np.ndarray:
+    """This process's rows (along ``axis``, the batch) of a batch-sharded output, on the host,
+    in global order.
+
+    The inverse of :func:`place_batch`: with one process, the whole array; with several, the
+    rows held by this process's devices (= the rows it fed, since ``make_array_from_process_
+    local_data`` lays each process's share on its own devices). Reading a multi-host array
+    with ``np.asarray`` fails (it is not fully addressable)."""
+    if not isinstance(x, jax.Array) or x.is_fully_addressable or x.ndim == 0:
+        return np.asarray(jax.device_get(x))
+    n = x.shape[axis]
+    span = lambda sh: (sh.index[axis].start or 0,  # noqa: E731
+                       n if sh.index[axis].stop is None else sh.index[axis].stop)
+    offset, rows = {}, 0
+    for a, b in sorted({span(sh) for sh in x.addressable_shards}):
+        offset[a] = rows
+        rows += b - a
+    shape = list(x.shape)
+    shape[axis] = rows
+    out = np.empty(shape, x.dtype)
+    for sh in x.addressable_shards:
+        a, b = span(sh)
+        where = list(sh.index)
+        where[axis] = slice(offset[a], offset[a] + b - a)
+        out[tuple(where)] = np.asarray(sh.data)
+    return out
 
 
 # ---- activation constraints ------------------------------------------------------------------
@@ -205,12 +286,25 @@ def constrain(x, names: Sequence[str | None]):
 
 
 def maybe_initialize_distributed() -> bool:
-    """Call `jax.distributed.initialize()` on a multi-host pod (TPU VM workers or an explicit
-    coordinator in the environment). Returns True when it initialised."""
-    on_pod = bool(os.environ.get("TPU_WORKER_HOSTNAMES", "").count(",")) or bool(
-        os.environ.get("JAX_COORDINATOR_ADDRESS")
+    """Call `jax.distributed.initialize()` on a multi-host run. Returns True when it initialised.
+
+    A TPU VM pod (``TPU_WORKER_HOSTNAMES`` lists several workers): the TPU runtime supplies the
+    coordinator and process ids. Anywhere else (GPU hosts, or several CPU processes on one
+    machine as ``tests/test_multiprocess.py`` starts them): ``JAX_COORDINATOR_ADDRESS=host:port``
+    with ``JAX_NUM_PROCESSES`` and ``JAX_PROCESS_ID``. On the CPU backend the processes talk over
+    gloo (jax's CPU default has no cross-process collectives)."""
+    env = os.environ
+    on_pod = bool(env.get("TPU_WORKER_HOSTNAMES", "").count(",")) or bool(
+        env.get("JAX_COORDINATOR_ADDRESS")
     )
     if not on_pod:
         return False
-    jax.distributed.initialize()
+    kw = {}
+    if env.get("JAX_COORDINATOR_ADDRESS"):
+        for key, arg in (("JAX_NUM_PROCESSES", "num_processes"), ("JAX_PROCESS_ID", "process_id")):
+            if env.get(key):
+                kw[arg] = int(env[key])
+    if env.get("JAX_PLATFORMS", "").split(",")[0] == "cpu":
+        jax.config.update("jax_cpu_collectives_implementation", "gloo")
+    jax.distributed.initialize(**kw)
     return True

@@ -75,6 +75,48 @@ def test_order_reward_hand_computed():
     np.testing.assert_allclose(tot, q + 0.5 * r, atol=1e-6)
 
 
+def test_brier_reward_hand_computed():
+    c = np.array([[0.9, 0.2, np.nan]])
+    y = np.array([[1.0, 1.0, 0.0]])
+    # −(0.9−1)² = −0.01 ; −(0.2−1)² = −0.64 ; no confidence: the missing penalty
+    np.testing.assert_allclose(C.brier_reward(c, y, missing_penalty=-1.0), [[-0.01, -0.64, -1.0]],
+                               atol=1e-6)
+    assert C.is_correct("Paris.", "The capital is paris. Confidence: 90%")
+    assert not C.is_correct("34", "It is 43. I'm 34% confident")  # the confidence is not the answer
+
+
+def test_confidence_experiment_reward_components():
+    """The experiment's reward: quality (similarity), the chosen calibration term weighted by
+    alpha, and the judged correctness weighted by correct_weight; a typo'd form is refused."""
+    from _experiment_files import REPO, load_module
+
+    from align_jax.errors import ConfigError
+
+    mod = load_module(REPO / "experiments" / "refalign_confidence.py")
+    sim = lambda cands, refs: np.array([0.5 if r in c else 0.1 for c, r in zip(cands, refs)])  # noqa: E731
+    fn = mod.confidence_reward(sim, k=2, alpha=2.0, missing_penalty=-1.0, form="brier",
+                               correct_weight=3.0)
+    recs = [{"reference": "34"}, {"reference": "34"}]
+    out = fn(None, ["34\nConfidence: 80%", "43\nConfidence: 80%"], recs)
+    np.testing.assert_allclose(out["quality"][0], [0.5, 0.1])
+    np.testing.assert_allclose(out["brier"][0], [-0.04, -0.64], atol=1e-6)
+    np.testing.assert_allclose(out["correct"][0], [1.0, 0.0])
+    assert (out["brier"][1], out["correct"][1]) == (2.0, 3.0)
+    order = mod.confidence_reward(sim, k=2, alpha=0.5, missing_penalty=-1.0, form="order")
+    got = order(None, ["34\nConfidence: 80%", "43\nConfidence: 20%"], recs)
+    assert "correct" not in got and got["order"][1] == 0.5
+    np.testing.assert_allclose(got["order"][0], [0.6, 0.6], atol=1e-6)
+    with pytest.raises(ConfigError, match="reward_form='bier'"):
+        mod.confidence_reward(sim, k=2, alpha=1.0, missing_penalty=-1.0, form="bier")
+    # the format warm-up: every target ends in a parsable confidence, levels vary, seeded
+    warm = mod.format_warm_up([{"prompt": f"q{i}", "reference": "34"} for i in range(40)], seed=0)
+    levels = [C.parse_confidence(r["reference"]) for r in warm]
+    assert all(r["reference"].startswith("34\nConfidence: ") for r in warm)
+    assert set(levels) <= {i / 10 for i in range(1, 10)} and len(set(levels)) >= 5
+    assert warm == mod.format_warm_up([{"prompt": f"q{i}", "reference": "34"}
+                                       for i in range(40)], seed=0)
+
+
 def test_calibration_metrics_hand_computed():
     conf = np.array([0.9, 0.8, 0.3, 0.2])
     correct = np.array([1, 0, 1, 0])

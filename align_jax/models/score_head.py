@@ -92,9 +92,9 @@ def load_scored_decoder(path: str | os.PathLike, mesh=None, **cfg_overrides) -> 
     backbone = hf_io.build_decoder(cfg, hf_io.hf_to_params(tensors, cfg), mesh=mesh)
     model = ScoredDecoder(backbone, head.shape[1], pad_token_id=d.get("pad_token_id"), head=head)
     if mesh is not None:
-        from align_jax.sharding import named_sharding
+        from align_jax.sharding import named_sharding, put
 
-        model.score.set_value(jax.device_put(model.score.get_value(), named_sharding(
+        model.score.set_value(put(model.score.get_value(), named_sharding(
             ("embed", "classes"), model.score.get_value().shape, mesh)))
     return model
 

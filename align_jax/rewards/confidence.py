@@ -98,6 +98,28 @@ def order_reward(quality_pk: np.ndarray, conf_pk: np.ndarray, missing_penalty: f
     return np.where(missing, missing_penalty, r).astype(np.float32)
 
 
+def brier_reward(conf_pk: np.ndarray, correct_pk: np.ndarray, missing_penalty: float = -1.0):
+    """[P, K] confidences (NaN = missing) and judged correctness -> [P, K] rewards −(c − y)².
+
+    A proper scoring rule: its expectation over the answer's correctness is maximised by stating
+    the true probability of being right, so it teaches the confidence LEVEL per question (the
+    order term only compares the K samples of one prompt and is blind to levels: with two
+    samples of equal quality it carries no signal). Missing = ``missing_penalty`` (default −1,
+    the worst Brier value, so not stating a confidence never pays)."""
+    c = np.asarray(conf_pk, np.float64)
+    y = np.asarray(correct_pk, np.float64)
+    r = -((np.where(np.isnan(c), 0.0, c) - y) ** 2)
+    return np.where(np.isnan(c), missing_penalty, r).astype(np.float32)
+
+
+CALIBRATION_TERMS = ("brier", "order")  # `reward_form` of experiments/refalign_confidence.py
+
+
+def is_correct(reference: str, answer: str) -> bool:
+    """The reference (case-folded, trailing period dropped) inside the answer part."""
+    return reference.lower().strip(" .") in strip_confidence(answer).lower()
+
+
 def confidence_reward(quality_pk, conf_pk, alpha: float = 1.0, missing_penalty: float = -1.0):
     """R = R_quality + α · R_order (CONQORD-style)."""
     return (np.asarray(quality_pk, np.float32)

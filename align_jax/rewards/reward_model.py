@@ -80,6 +80,10 @@ class DecoderRewardModel:
         self.scored_rows = 0  # distinct sequences run through the model (tests, benches)
         self.pad_id = model.pad_token_id if model.pad_token_id is not None else pad_id_of(tokenizer)
         graphdef, state = nnx.split(model)
+        if mesh is not None:  # by the rules table (a no-op for weights loaded onto the mesh)
+            from align_jax.sharding import shard_state
+
+            state = shard_state(state, mesh)
         self._state = state
 
         @jax.jit
@@ -95,7 +99,7 @@ class DecoderRewardModel:
         """float32 [N, num_labels] for token-id sequences (already rendered/truncated). Each
         distinct sequence is scored once (rows are independent: padding is masked), so
         repeated pairs — e.g. the same sample scored for several aspects — cost nothing."""
-        from align_jax.sharding import place_batch
+        from align_jax import sharding as shd
 
         keys = [tuple(int(t) for t in s) for s in seqs]
         distinct = list(dict.fromkeys(keys))
@@ -106,19 +110,29 @@ class DecoderRewardModel:
 
         order = np.argsort([len(s) for s in seqs], kind="stable")
         out = np.zeros((len(seqs), self.model.num_labels), np.float32)
-        starts = range(0, len(seqs), self.batch_size)
+        # multi-host: each process scores ITS pairs as its share of one global batch; the hosts
+        # agree on the number of batches and each batch's length (past its own pairs a process
+        # feeds padding rows)
+        multi = self.mesh is not None and jax.process_count() > 1
+        rows = self.batch_size // jax.process_count() if multi else self.batch_size
+        n_batches = -(-len(seqs) // rows)
+        if multi:
+            (n_batches,) = shd.process_max(n_batches)
+        starts = range(0, n_batches * rows, rows)
         bar = None
         if self.progress and len(starts) > 4 and jax.process_index() == 0:
             from tqdm.auto import tqdm
 
             bar = tqdm(total=len(seqs), desc="reward model", unit="pair", dynamic_ncols=True)
         for s in starts:
-            idx = order[s:s + self.batch_size]
+            idx = order[s:s + rows]
             chunk = [seqs[i] for i in idx]
-            ids, mask = pad_rows(chunk, pow2_bucket(max(len(x) for x in chunk)), self.pad_id,
-                                 self.batch_size)
-            b = place_batch({"ids": ids, "mask": mask}, self.mesh)
-            out[idx] = np.asarray(self._scores(self._state, b["ids"], b["mask"]))[:len(idx)]
+            length = pow2_bucket(max((len(x) for x in chunk), default=1))
+            if multi:
+                (length,) = shd.process_max(length)
+            ids, mask = pad_rows(chunk, length, self.pad_id, rows)
+            b = shd.place_batch({"ids": ids, "mask": mask}, self.mesh)
+            out[idx] = shd.local_rows(self._scores(self._state, b["ids"], b["mask"]))[:len(idx)]
             if bar is not None:
                 bar.update(len(idx))
         if bar is not None:

@@ -51,6 +51,7 @@ import numpy as np
 from flax import nnx
 from jax.sharding import NamedSharding, PartitionSpec
 
+from align_jax import sharding as shd
 from align_jax.errors import ConfigError
 from align_jax.data.tokenize import pow2_bucket, round_up
 from align_jax.models.encoder import Encoder, load_encoder
@@ -240,6 +241,8 @@ class _EncoderScorer:
         self._specials = {i for i in (self.tokenizer.cls_token_id, self.tokenizer.sep_token_id)
                           if i is not None}
         self._graphdef, self._state = nnx.split(self.encoder)
+        if mesh is not None:  # replicated on the mesh (multi-host: a jit's inputs must be global)
+            self._state = shd.put(self._state, NamedSharding(auto, PartitionSpec()))
 
     @property
     def encoder_pair(self):
@@ -264,23 +267,36 @@ class _EncoderScorer:
         """→ kernel outputs, [K, B] float32."""
         if len(candidates) != len(references):
             raise ValueError(f"{len(candidates)} candidates vs {len(references)} references")
-        if not candidates:
+        if not candidates and not self._multihost:
             return np.zeros((self._n_out, 0), np.float32)
         c_ids, r_ids = self.tokenize(candidates), self.tokenize(references)
         c_w, r_w = self.make_weights(c_ids, r_ids)
         c_h, r_h = self.embed(c_ids), self.embed(r_ids, self.cache)
-        outs = []
-        for s in range(0, len(c_ids), self.batch_size):
+        outs = [np.zeros((self._n_out, 0), np.float32)]
+        for s in range(0, self._agreed(-(-len(c_ids) // self.batch_size)) * self.batch_size,
+                       self.batch_size):
             sl = slice(s, s + self.batch_size)
             outs.append(self._match(c_h[sl], r_h[sl], c_w[sl], r_w[sl]))
         return np.concatenate(outs, axis=1)
+
+    @property
+    def _multihost(self) -> bool:
+        """Sharded over several processes: each feeds its own pairs into ONE global batch."""
+        return self.mesh is not None and jax.process_count() > 1
+
+    def _agreed(self, *values: int):
+        """Shapes / trip counts every process uses (their maximum) when multi-host."""
+        out = shd.process_max(*values) if self._multihost else tuple(int(v) for v in values)
+        return out[0] if len(out) == 1 else out
 
     def make_weights(self, c_ids, r_ids):
         return [self._weights(i) for i in c_ids], [self._weights(i) for i in r_ids]
 
     def _rows(self, n: int) -> int:
-        """Padded batch rows: a power of two (few compiled shapes) that the mesh divides."""
-        return round_up(pow2_bucket(max(n, self._shards), 1), self._shards)
+        """Padded batch rows (of this process): a power of two (few compiled shapes) that its
+        share of the mesh's batch axes divides."""
+        local = max(1, self._shards // jax.process_count()) if self.mesh is not None else 1
+        return round_up(pow2_bucket(max(n, local), 1), local)
 
     def _bucket(self, longest: int) -> int:
         return next(b for b in self.length_buckets if b >= longest)
@@ -288,6 +304,9 @@ class _EncoderScorer:
     def _place(self, *arrays):
         if self.mesh is None:
             return arrays
+        if self._multihost:  # this process's rows of one global batch
+            return tuple(jax.make_array_from_process_local_data(self._sharding, a)
+                         for a in arrays)
         return tuple(jax.device_put(a, self._sharding) for a in arrays)
 
     def embed(self, id_lists: Sequence[list[int]],
@@ -299,15 +318,17 @@ class _EncoderScorer:
                  if (h := (cache.get(k) if cache is not None else None)) is not None}
         todo = sorted((k for k in dict.fromkeys(keys) if k not in found), key=len)
         pad_id = self.tokenizer.pad_token_id or 0
-        for s in range(0, len(todo), self.batch_size):
-            chunk = todo[s:s + self.batch_size]
-            T, B = self._bucket(len(chunk[-1])), self._rows(len(chunk))
+        for s in range(0, self._agreed(-(-len(todo) // self.batch_size)) * self.batch_size,
+                       self.batch_size):
+            chunk = todo[s:s + self.batch_size]  # multi-host: empty past this process's texts
+            T, B = self._agreed(self._bucket(len(chunk[-1]) if chunk else 1),
+                                self._rows(len(chunk)))
             ids = np.full((B, T), pad_id, np.int32)
             mask = np.zeros((B, T), bool)
             for i, k in enumerate(chunk):
                 ids[i, :len(k)], mask[i, :len(k)] = k, True
-            h = np.asarray(jax.device_get(_encode_kernel(
-                self._graphdef, self.num_layers, self._state, *self._place(ids, mask))))
+            h = shd.local_rows(_encode_kernel(
+                self._graphdef, self.num_layers, self._state, *self._place(ids, mask)))
             self.encoded_texts += len(chunk)
             self.encoded_tokens += B * T
             self.encoded_tokens_sq += B * T * T
@@ -318,18 +339,18 @@ class _EncoderScorer:
         return [found[k] for k in keys]
 
     def _match(self, c_h, r_h, c_w, r_w):
-        n, D = len(c_h), c_h[0].shape[-1]
-        B = self._rows(n)
+        n, D = len(c_h), self.encoder.config.hidden_size
+        B = self._agreed(self._rows(n))
         sides = []
         for hs, ws in ((c_h, c_w), (r_h, r_w)):
-            T = self._bucket(max(len(h) for h in hs))
+            T = self._agreed(self._bucket(max((len(h) for h in hs), default=1)))
             emb, mask, w = (np.zeros((B, T, D), np.float32), np.zeros((B, T), bool),
                             np.zeros((B, T), np.float32))
             for i, (h, wt) in enumerate(zip(hs, ws)):
                 emb[i, :len(h)], mask[i, :len(h)], w[i, :len(h)] = h, True, wt
             sides += [emb, mask, w]
         out = _match_kernel(self._kernel_name, self.clamp_negative, *self._place(*sides))
-        return np.asarray(jax.device_get(out), np.float32)[:, :n]
+        return shd.local_rows(out, axis=1).astype(np.float32)[:, :n]
 
 
 class BERTScorer(_EncoderScorer):

@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import math
 import sys
 from typing import Iterator, Sequence
 
@@ -321,14 +320,6 @@ def left_pad(prompt_ids, prompt_mask, bucket: int, pad_id: int) -> tuple[np.ndar
     return out_ids, out_mask
 
 
-def _batch_multiple(mesh) -> int:
-    if mesh is None:
-        return 1
-    spec = shd.logical_to_spec(("batch",), mesh)[0]
-    axes = (spec,) if isinstance(spec, str) else tuple(spec or ())
-    return math.prod(mesh.shape[a] for a in axes)
-
-
 class _Run:
     """Shared set-up of generate / stream_generate: bucketing, repeat, placement, compile."""
 
@@ -337,14 +328,21 @@ class _Run:
         graphdef, state = nnx.split(model)
         eos, pad = _resolve_ids(model.cfg, cfg)
         ids, mask = left_pad(prompt_ids, prompt_mask, cfg.prompt_bucket, pad)
-        # before anything is compiled for this shape: positions past the context are garbage
-        check_context(getattr(model.cfg, "max_position_embeddings", None),
-                      int(mask.sum(axis=1).max()), cfg.max_new_tokens,
-                      f"max_new_tokens={cfg.max_new_tokens}")
         ids, mask = np.repeat(ids, cfg.n, axis=0), np.repeat(mask, cfg.n, axis=0)
-        self.rows = ids.shape[0]
+        self.rows = ids.shape[0]  # this process's rows (all rows with one process)
+        # multi-host: every process feeds the same [rows, P] (the largest, padded), so the global
+        # batch is one array; each gets its own rows back (output)
+        step = shd.local_batch_multiple(mesh)
+        width, rows, longest = shd.process_max(ids.shape[1], -(-self.rows // step) * step,
+                                               int(mask.sum(axis=1).max()))
+        # before anything is compiled for this shape: positions past the context are garbage
+        check_context(getattr(model.cfg, "max_position_embeddings", None), longest,
+                      cfg.max_new_tokens, f"max_new_tokens={cfg.max_new_tokens}")
+        if width > ids.shape[1]:  # left padding, like left_pad's
+            grow = ((0, 0), (width - ids.shape[1], 0))
+            ids, mask = np.pad(ids, grow, constant_values=pad), np.pad(mask, grow)
         # pad the batch to a multiple of the mesh's batch axes with all-masked rows (start done)
-        extra = -self.rows % _batch_multiple(mesh)
+        extra = rows - self.rows
         if extra:
             ids = np.concatenate([ids, np.full((extra, ids.shape[1]), pad, np.int32)])
             mask = np.concatenate([mask, np.zeros((extra, mask.shape[1]), np.int32)])
@@ -354,8 +352,8 @@ class _Run:
             placed = shd.place_batch({"ids": ids, "mask": mask}, mesh)
             ids, mask = placed["ids"], placed["mask"]
             repl = NamedSharding(mesh, P())
-            key = jax.device_put(key, repl)
-            self.dyn = jax.device_put(self.dyn, repl)
+            key = shd.put(key, repl)
+            self.dyn = shd.put(self.dyn, repl)
         else:
             ids, mask = jnp.asarray(ids), jnp.asarray(mask)
         self.state, self.ids, self.mask, self.key, self.mesh = state, ids, mask, key, mesh
@@ -375,6 +373,8 @@ class _Run:
         out = SampleOutput(tokens=c.tokens, logprobs=c.logp, logprobs_raw=c.logp_raw,
                            lengths=c.lengths, mask=mask, stopped=c.done,
                            prompt_ids=self.ids, prompt_mask=self.mask)
+        if jax.process_count() > 1:  # this process's rows, on the host
+            out = jax.tree.map(shd.local_rows, out)
         if out.tokens.shape[0] != self.rows:
             out = jax.tree.map(lambda x: x[: self.rows], out)
         return out

@@ -23,6 +23,7 @@ from flax import nnx, struct
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from align_jax.models.llama import LoRAParam
+from align_jax import sharding as shd
 from align_jax.sharding import named_sharding
 
 
@@ -105,19 +106,9 @@ def create_train_state(model, optimizer, seed_or_key: int | jax.Array = 0, mesh:
 
 
 def place(tree, shardings):
-    """device_put leaf by leaf onto `shardings` (same structure). On the CPU backend arrays go
-    through numpy: host memory IS device memory there, and it avoids compiling one resharding
-    program per (shape, sharding), which dominates start-up on simulated 8-device meshes."""
-
-    def one(x, s):
-        if isinstance(x, jax.Array):
-            if x.sharding == s:
-                return x
-            if x.is_fully_addressable and all(d.platform == "cpu" for d in x.devices()):
-                x = np.asarray(x)
-        return jax.device_put(x, s)
-
-    return jax.tree.map(one, tree, shardings)
+    """device_put leaf by leaf onto `shardings` (same structure); multi-host safe, and through
+    numpy on the CPU backend (:func:`align_jax.sharding.put`)."""
+    return shd.put(tree, shardings)
 
 
 def tree_shardings(tree, mesh: Mesh):

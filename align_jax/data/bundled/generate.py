@@ -2,7 +2,7 @@
 
 Deterministic (fixed seeds, no network): the shipped ``*.jsonl`` files are exactly this
 script's output, which a test checks. Every file carries an ``id`` and a ``split`` ("train" /
-"eval", about 6:1). Safety holds out whole risky *topics* for eval (every 7th topic), so eval
+"eval", about 6:1; confidence_qa 2:1). Safety holds out whole risky *topics* for eval (every 7th topic), so eval
 prompts are not paraphrases of training prompts.
 """
 from __future__ import annotations
@@ -29,8 +29,8 @@ RUDE = ["Figure it out yourself.", "Why would you even ask that?", "Just look it
         "Nobody cares about that."]
 
 
-def _split(i: int) -> str:
-    return "eval" if i % EVAL_EVERY == EVAL_EVERY - 1 else "train"
+def _split(i: int, every: int = EVAL_EVERY) -> str:
+    return "eval" if i % every == every - 1 else "train"
 
 
 def _check_unique(rows: list[dict], key: str, name: str) -> list[dict]:
@@ -190,7 +190,9 @@ def build_confidence_qa() -> list[dict]:
               "topic": "capitals"} for i, (country, capital, _) in enumerate(CAPITALS)]
     rows += [{"question": q, "answer": a, "topic": "science"} for q, a, _ in SCIENCE]
     rng.shuffle(rows)
-    rows = [{"id": f"qa-{i:03d}", **r, "split": _split(i)} for i, r in enumerate(rows)]
+    # one in three held out (50 questions): AUROC / ECE on 21 answers moved by ±0.1 between
+    # seeds of the same run, too coarse to choose a calibration default by
+    rows = [{"id": f"qa-{i:03d}", **r, "split": _split(i, every=3)} for i, r in enumerate(rows)]
     return _check_unique(rows, "question", "confidence_qa")
 
 
