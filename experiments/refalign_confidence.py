@@ -1,18 +1,23 @@
 """python experiments/refalign_confidence.py [key=value ...]
 
 RefAlign, confidence variant: the policy answers a question and states a verbalised confidence
-("Confidence: N%"). Reward per sample = similarity of the answer (confidence stripped) to the
-reference answer (quality) + α · order term that rewards confidences ordered like quality across
-the K samples of the prompt (CONQORD-style); a missing confidence gets a defined penalty.
-Evaluated on held-out questions with accuracy, ECE, Brier, AUROC and Pearson(confidence, quality).
+("Confidence: N%"). First a short format warm-up (its own greedy answers + a random stated
+level, format_warm_up); then REINFORCE with reward per sample = similarity of the answer
+(confidence stripped) to the reference (quality) + α · a calibration term — the Brier reward
+−(c − correct)² (default) or the CONQORD-style order term over the K samples of the prompt —
++ correct_weight · correct (so being right always pays more than being sure); a missing
+confidence gets a defined penalty. Evaluated on the 50 held-out questions with accuracy, parse
+rate, ECE, Brier, AUROC and Pearson(confidence, quality).
 
-Offline default (2 CPU cores: 8 min 12 s, one run at a time, issue 20): SmolLM2-135M-Instruct,
-BERTScore-F1 on MiniLM, the bundled short factual QA
-set. Paper scale: an SFT'd policy (model=), the CONQORD data (data=<jsonl of {question, answer}>
-data_format=qa), k=2, lr=3e-6. Formulas and defaults: docs/methods.md.
+Offline default (2 CPU cores: about 7-8 min, one run at a time): SmolLM2-135M-Instruct,
+BERTScore-F1 on MiniLM, the bundled short factual QA set. The sweep that chose the default and
+its 3 seeds: README, "RefAlign confidence variant". Paper scale: an SFT'd policy (model=), the
+CONQORD data (data=<jsonl of {question, answer}> data_format=qa), k=2, lr=3e-6. Formulas and
+defaults: docs/methods.md.
 
 Outputs in runs/refalign_confidence-<timestamp>/ (or out_dir=; re-using it resumes): config.json,
-metrics.jsonl and tb/, checkpoints/, curves.png, eval_before.json, eval_after.json (accuracy,
+metrics.jsonl and tb/, checkpoints/, curves.png, warm_up_answers.json and sft/ (the warm-up's
+targets' answers, its log and checkpoint), eval_before.json, eval_sft.json, eval_after.json (accuracy,
 parse rate, ECE / Brier / AUROC on parsed answers, *_all with unparsed = unparsed_confidence,
 *_both on answers parsed before and after), reliability.png, samples.md (prompt, reference,
 before, after), export/ (export=true).
@@ -21,6 +26,7 @@ before, after), export/ (export=true).
 from __future__ import annotations
 
 import dataclasses
+import json
 import sys
 from pathlib import Path
 
@@ -51,24 +57,42 @@ class Config(ex.OnlineExperiment):
     # correctness term the policy learnt to answer wrongly at 0% (accuracy 0.46 -> 0.00).
     # Being right must pay more than certainty does: correct_weight >= alpha.
     correct_weight: float = 2.0
-    # format warm-up (format_warm_up): the references + "Confidence: N%", N random
+    # format warm-up (format_warm_up): an answer + "Confidence: N%", N random; the answer is
+    # the policy's own greedy one (warm_up_answers=own) or the reference (=reference)
     sft: SFTConfig = SFTConfig(steps=12, batch_size=8)
+    warm_up_answers: str = "own"
     missing_penalty: float = -1.0  # calibration reward of a sample with no parsable confidence
     eval_prompts: int = 50  # the whole bundled held-out split
     unparsed_confidence: float = 0.5  # the *_all metrics count a missing confidence as this
     sampling: SamplingConfig = SamplingConfig(max_new_tokens=32, temperature=1.0)
 
 
-def format_warm_up(records: list[dict], seed: int) -> list[dict]:
-    """The warm-up's targets: the reference answer, then "Confidence: N%" with N drawn uniformly
-    from 10, 20, ..., 90 (seeded), independent of the question. Why: the instruct model states a
-    parsable confidence in 1 of 5 answers, and with K = 2 samples a prompt whose samples both
-    lack one gives the calibration term no contrast — two of three seeds never learnt the format
-    in 30 steps. Random levels teach the format and leave the level to the reward (a constant
-    would anchor it)."""
+def format_warm_up(records: list[dict], seed: int, answers: list[str] | None = None) -> list[dict]:
+    """The warm-up's targets: an answer, then "Confidence: N%" with N drawn uniformly from
+    10, 20, ..., 90 (seeded), independent of the question. The answer is the policy's own
+    greedy answer (``answers``, its confidence statement stripped) or else the reference.
+    Why a warm-up: the instruct model states a parsable confidence in 1 of 5 answers, and with
+    K = 2 samples a prompt whose samples both lack one gives the calibration term no contrast —
+    two of three seeds never learnt the format in 30 steps. Random levels teach the format and
+    leave the level to the reward (a constant would anchor it); its own answers keep what it
+    knows (on the terse references, held-out accuracy fell 0.46 → 0.36 / 0.40)."""
     rng = np.random.default_rng(seed)
-    return [{**r, "reference": f"{r['reference']}\nConfidence: {10 * int(rng.integers(1, 10))}%"}
-            for r in records]
+    heads = ([r["reference"] for r in records] if answers is None
+             else [conf.strip_confidence(a) or r["reference"] for r, a in zip(records, answers)])
+    return [{**r, "reference": f"{h}\nConfidence: {10 * int(rng.integers(1, 10))}%"}
+            for r, h in zip(records, heads)]
+
+
+def own_answers(policy, tokenizer, records, max_new_tokens: int, mesh, path: Path) -> list[str]:
+    """The initial policy's greedy answers to the training questions (kept in ``path``, so a
+    resumed run warms up on the same targets)."""
+    if path.exists():
+        return json.loads(path.read_text())
+    answers = generate_answers(policy, tokenizer, records,
+                               SamplingConfig(max_new_tokens=max_new_tokens, greedy=True),
+                               mesh=mesh)
+    path.write_text(json.dumps(answers))
+    return answers
 
 
 def with_instruction(rec: dict) -> dict:
@@ -144,9 +168,14 @@ def main(argv: list[str]) -> dict:
                                       cfg.sampling.max_new_tokens, mesh, cfg.unparsed_confidence)
         return {"metrics": m, "answers": answers}
 
+    if cfg.warm_up_answers not in ("own", "reference"):
+        raise ConfigError(f"warm_up_answers={cfg.warm_up_answers!r}: expected own or reference")
+    answers = (own_answers(policy, tokenizer, train, cfg.sampling.max_new_tokens, mesh,
+                           run_dir / "warm_up_answers.json")
+               if cfg.sft.steps and cfg.warm_up_answers == "own" else None)
     before, policy, after = ex.train_between_evals(
         cfg, run_dir, policy, tokenizer, train, reward_fn, held_out, mesh=mesh,
-        label="refalign_confidence", sft_records=format_warm_up(train, cfg.loop.seed))
+        label="refalign_confidence", sft_records=format_warm_up(train, cfg.loop.seed, answers))
     # ---- calibration on the answers parsed both before and after; reliability diagram
     (cb, yb), (ca, ya) = (judged(evals, e["answers"]) for e in (before, after))
     both_b, both_a = conf.paired_calibration(cb, yb, ca, ya)

@@ -115,6 +115,11 @@ def test_confidence_experiment_reward_components():
     assert set(levels) <= {i / 10 for i in range(1, 10)} and len(set(levels)) >= 5
     assert warm == mod.format_warm_up([{"prompt": f"q{i}", "reference": "34"}
                                        for i in range(40)], seed=0)
+    # on the policy's own answers: their confidence statement replaced, an empty one -> reference
+    own = mod.format_warm_up([{"prompt": "q", "reference": "34"}] * 2, seed=0,
+                             answers=["It is 43. I'm 99% confident", "Confidence: 80%"])
+    assert own[0]["reference"].startswith("It is 43.\nConfidence: ")
+    assert own[1]["reference"].startswith("34\nConfidence: ")
 
 
 def test_calibration_metrics_hand_computed():
