@@ -52,15 +52,12 @@ class Config(ex.OnlineExperiment):
     data_format: str = "qa"  # None data = the bundled confidence_qa set
     reward_form: str = "brier"  # calibration term: brier −(c − correct)² | order (CONQORD-style)
     alpha: float = 2.0  # weight of the calibration term
-    # weight of a correctness term (the judged correctness, 0/1). Why: a proper scoring rule
-    # pays as much for "surely wrong, 0%" as for "surely right, 100%"; with alpha=2 and no
-    # correctness term the policy learnt to answer wrongly at 0% (accuracy 0.46 -> 0.00).
-    # Being right must pay more than certainty does: correct_weight >= alpha.
-    correct_weight: float = 2.0
-    # format warm-up (format_warm_up): an answer + "Confidence: N%", N random; the answer is
-    # the policy's own greedy one (warm_up_answers=own) or the reference (=reference)
-    sft: SFTConfig = SFTConfig(steps=12, batch_size=8)
-    warm_up_answers: str = "own"
+    # Why a correctness term: a proper scoring rule pays as much for "surely wrong, 0%" as for
+    # "surely right, 100%"; with alpha=2 and no correctness term the policy learnt to answer
+    # wrongly at 0% (accuracy 0.46 -> 0.00). Being right must pay more: correct_weight >= alpha.
+    correct_weight: float = 2.0  # weight of the judged correctness (0/1) in the reward
+    sft: SFTConfig = SFTConfig(steps=12, batch_size=8)  # format warm-up (format_warm_up)
+    warm_up_answers: str = "own"  # warm-up answers: own (the policy's greedy ones) | reference
     missing_penalty: float = -1.0  # calibration reward of a sample with no parsable confidence
     eval_prompts: int = 50  # the whole bundled held-out split
     unparsed_confidence: float = 0.5  # the *_all metrics count a missing confidence as this
