@@ -217,6 +217,18 @@ def local_batch_multiple(mesh: Mesh | None) -> int:
     return max(1, math.prod(mesh.shape[a] for a in axes) // jax.process_count())
 
 
+def is_multihost(mesh: Mesh | None) -> bool:
+    """Sharded over several processes: each feeds its own inputs into ONE global batch (without
+    a mesh every process computes on its own)."""
+    return mesh is not None and jax.process_count() > 1
+
+
+def agree(mesh: Mesh | None, *values: int) -> tuple[int, ...]:
+    """:func:`process_max` of the values when ``mesh`` spans several processes, else the values:
+    the shapes and trip counts every host must use for one global batch."""
+    return process_max(*values) if is_multihost(mesh) else tuple(int(v) for v in values)
+
+
 def process_max(*values: int) -> tuple[int, ...]:
     """Each value's maximum over the processes (identity with one process).
 

@@ -45,6 +45,7 @@ from align_jax.rewards import compose  # noqa: E402
 from align_jax.rewards import confidence as conf  # noqa: E402
 from align_jax.sampling.sampler import SamplingConfig  # noqa: E402
 from align_jax.sanity import check_config  # noqa: E402
+from align_jax.train.report import write_json  # noqa: E402
 
 
 @dataclasses.dataclass(frozen=True)
@@ -62,6 +63,15 @@ class Config(ex.OnlineExperiment):
     eval_prompts: int = 50  # the whole bundled held-out split
     unparsed_confidence: float = 0.5  # the *_all metrics count a missing confidence as this
     sampling: SamplingConfig = SamplingConfig(max_new_tokens=32, temperature=1.0)
+
+    def __post_init__(self):  # a typo fails when the config is built, before any model loads
+        one_of("reward_form", self.reward_form, conf.CALIBRATION_TERMS)
+        one_of("warm_up_answers", self.warm_up_answers, ("own", "reference"))
+
+
+def one_of(key: str, value: str, allowed: tuple[str, ...]) -> None:
+    if value not in allowed:
+        raise ConfigError(f"{key}={value!r}: expected one of {allowed}")
 
 
 def format_warm_up(records: list[dict], seed: int, answers: list[str] | None = None) -> list[dict]:
@@ -88,7 +98,7 @@ def own_answers(policy, tokenizer, records, max_new_tokens: int, mesh, path: Pat
     answers = generate_answers(policy, tokenizer, records,
                                SamplingConfig(max_new_tokens=max_new_tokens, greedy=True),
                                mesh=mesh)
-    path.write_text(json.dumps(answers))
+    write_json(path, answers)  # atomic: a run killed while writing re-generates them
     return answers
 
 
@@ -102,8 +112,7 @@ def confidence_reward(similarity, k: int, alpha: float, missing_penalty: float,
     """quality = S(answer without the confidence line, reference); + α·calibration, where
     calibration is ``brier`` (−(c − correct)², correct judged as in the evaluation) or
     ``order`` (confidences ordered like quality over each prompt's K samples)."""
-    if form not in conf.CALIBRATION_TERMS:
-        raise ConfigError(f"reward_form={form!r}: expected one of {conf.CALIBRATION_TERMS}")
+    one_of("reward_form", form, conf.CALIBRATION_TERMS)
 
     def fn(prompts, responses, records):
         answers = [conf.strip_confidence(y) for y in responses]
@@ -165,8 +174,6 @@ def main(argv: list[str]) -> dict:
                                       cfg.sampling.max_new_tokens, mesh, cfg.unparsed_confidence)
         return {"metrics": m, "answers": answers}
 
-    if cfg.warm_up_answers not in ("own", "reference"):
-        raise ConfigError(f"warm_up_answers={cfg.warm_up_answers!r}: expected own or reference")
     answers = (own_answers(policy, tokenizer, train, cfg.sampling.max_new_tokens, mesh,
                            run_dir / "warm_up_answers.json")
                if cfg.sft.steps and cfg.warm_up_answers == "own" else None)

@@ -113,11 +113,9 @@ class DecoderRewardModel:
         # multi-host: each process scores ITS pairs as its share of one global batch; the hosts
         # agree on the number of batches and each batch's length (past its own pairs a process
         # feeds padding rows)
-        multi = self.mesh is not None and jax.process_count() > 1
-        rows = self.batch_size // jax.process_count() if multi else self.batch_size
-        n_batches = -(-len(seqs) // rows)
-        if multi:
-            (n_batches,) = shd.process_max(n_batches)
+        rows = (self.batch_size // jax.process_count() if shd.is_multihost(self.mesh)
+                else self.batch_size)
+        (n_batches,) = shd.agree(self.mesh, -(-len(seqs) // rows))
         starts = range(0, n_batches * rows, rows)
         bar = None
         if self.progress and len(starts) > 4 and jax.process_index() == 0:
@@ -127,9 +125,7 @@ class DecoderRewardModel:
         for s in starts:
             idx = order[s:s + rows]
             chunk = [seqs[i] for i in idx]
-            length = pow2_bucket(max((len(x) for x in chunk), default=1))
-            if multi:
-                (length,) = shd.process_max(length)
+            (length,) = shd.agree(self.mesh, pow2_bucket(max((len(x) for x in chunk), default=1)))
             ids, mask = pad_rows(chunk, length, self.pad_id, rows)
             b = shd.place_batch({"ids": ids, "mask": mask}, self.mesh)
             out[idx] = shd.local_rows(self._scores(self._state, b["ids"], b["mask"]))[:len(idx)]

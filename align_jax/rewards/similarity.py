@@ -281,12 +281,11 @@ class _EncoderScorer:
 
     @property
     def _multihost(self) -> bool:
-        """Sharded over several processes: each feeds its own pairs into ONE global batch."""
-        return self.mesh is not None and jax.process_count() > 1
+        return shd.is_multihost(self.mesh)
 
     def _agreed(self, *values: int):
-        """Shapes / trip counts every process uses (their maximum) when multi-host."""
-        out = shd.process_max(*values) if self._multihost else tuple(int(v) for v in values)
+        """Shapes / trip counts every process uses (:func:`align_jax.sharding.agree`)."""
+        out = shd.agree(self.mesh, *values)
         return out[0] if len(out) == 1 else out
 
     def make_weights(self, c_ids, r_ids):
@@ -295,7 +294,7 @@ class _EncoderScorer:
     def _rows(self, n: int) -> int:
         """Padded batch rows (of this process): a power of two (few compiled shapes) that its
         share of the mesh's batch axes divides."""
-        local = max(1, self._shards // jax.process_count()) if self.mesh is not None else 1
+        local = max(1, self._shards // jax.process_count())
         return round_up(pow2_bucket(max(n, local), 1), local)
 
     def _bucket(self, longest: int) -> int:

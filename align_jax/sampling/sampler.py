@@ -333,8 +333,8 @@ class _Run:
         # multi-host: every process feeds the same [rows, P] (the largest, padded), so the global
         # batch is one array; each gets its own rows back (output)
         step = shd.local_batch_multiple(mesh)
-        width, rows, longest = shd.process_max(ids.shape[1], -(-self.rows // step) * step,
-                                               int(mask.sum(axis=1).max()))
+        width, rows, longest = shd.agree(mesh, ids.shape[1], -(-self.rows // step) * step,
+                                         int(mask.sum(axis=1).max()))
         # before anything is compiled for this shape: positions past the context are garbage
         check_context(getattr(model.cfg, "max_position_embeddings", None), longest,
                       cfg.max_new_tokens, f"max_new_tokens={cfg.max_new_tokens}")
@@ -373,7 +373,7 @@ class _Run:
         out = SampleOutput(tokens=c.tokens, logprobs=c.logp, logprobs_raw=c.logp_raw,
                            lengths=c.lengths, mask=mask, stopped=c.done,
                            prompt_ids=self.ids, prompt_mask=self.mask)
-        if jax.process_count() > 1:  # this process's rows, on the host
+        if shd.is_multihost(self.mesh):  # this process's rows, on the host
             out = jax.tree.map(shd.local_rows, out)
         if out.tokens.shape[0] != self.rows:
             out = jax.tree.map(lambda x: x[: self.rows], out)

@@ -2,8 +2,8 @@
 
 Deterministic (fixed seeds, no network): the shipped ``*.jsonl`` files are exactly this
 script's output, which a test checks. Every file carries an ``id`` and a ``split`` ("train" /
-"eval", about 6:1; confidence_qa 2:1). Safety holds out whole risky *topics* for eval (every 7th topic), so eval
-prompts are not paraphrases of training prompts.
+"eval", about 6:1; confidence_qa 2:1). Safety holds out whole risky *topics* for eval (every
+7th topic), so eval prompts are not paraphrases of training prompts.
 """
 from __future__ import annotations
 
