@@ -72,7 +72,7 @@ def main() -> None:
     from flax import nnx
 
     from align_jax.data import load_bundled
-    from align_jax.data.tokenize import pow2_bucket
+    from align_jax.data.tokenize import length_bucket
     from align_jax.rewards.reward_model import encode_pairs, load_reward_model
 
     pairs = load_bundled("preference", split="train")
@@ -114,7 +114,7 @@ def main() -> None:
     diff = np.abs(ours.score_ids(seqs)[order, 0] - theirs_scores).max()
 
     n = len(seqs)
-    buckets = sorted({pow2_bucket(len(g[-1])) for g in groups})
+    buckets = sorted({length_bucket(len(g[-1])) for g in groups})
     name = Path(src).name if args.model else "tiny llama" if args.tiny else "SmolLM2-135M"
     print(f"reward model {name}, {n} pairs, batch {args.batch_size}, length buckets {buckets}; "
           f"jax {jax.__version__} on {jax.devices()[0].platform}, torch {torch.__version__} "
@@ -125,12 +125,12 @@ def main() -> None:
     print(f"{'transformers SeqCls (PyTorch)':<34}{'-':>11}{theirs_s:>10.3f}{n / theirs_s:>10.1f}")
     print(f"speed ratio (ours / transformers): {theirs_s / ours_s:.2f}x; "
           f"max |Δscore| = {diff:.2e}")
-    # executed FLOPs of ours: every group padded to batch_size rows × its power-of-two length
+    # executed FLOPs of ours: every group padded to batch_size rows × its length bucket
     c, params = ours.model.cfg, nnx.state(ours.model, nnx.Param)
     n_mm = roofline.matmul_params(params, skip=("embed", "lm_head"))  # the score head counts
     flops = sum(roofline.forward_flops(n_mm, args.batch_size * T, c.num_layers, T,
                                        c.num_heads * c.head_dim)
-                for T in (pow2_bucket(len(g[-1])) for g in groups))
+                for T in (length_bucket(len(g[-1])) for g in groups))
     peak = roofline.matmul_peak_gflops()
     print(roofline.header(peak))
     print(roofline.row("reward-model scoring, ours", flops, ours_s, peak))

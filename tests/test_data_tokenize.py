@@ -25,7 +25,7 @@ from align_jax.data import (
     unpaired_batch,
 )
 from align_jax.data.schemas import PromptReference
-from align_jax.data.tokenize import round_up
+from align_jax.data.tokenize import length_bucket, pow2_bucket, round_up
 
 PAD, UNK, EOS, BOS = 0, 1, 2, 3
 WORDS = [f"p{i}" for i in range(1, 10)] + [f"r{i}" for i in range(1, 10)] + [
@@ -66,6 +66,16 @@ def ids(text):
 
 def test_round_up():
     assert [round_up(n, 4) for n in (0, 1, 4, 5, 8, 9)] == [4, 4, 4, 8, 8, 12]
+
+
+def test_length_bucket_ladder():
+    # four even steps per power of two, from 16
+    assert [length_bucket(n) for n in (0, 1, 16, 17, 21, 33, 64, 65, 70, 81, 113, 129, 513)] == \
+        [16, 16, 16, 20, 24, 40, 64, 80, 80, 96, 128, 160, 640]
+    for n in range(1, 3000):  # >= n, at most 25% padding past the minimum, never above pow2
+        b = length_bucket(n)
+        assert n <= b <= pow2_bucket(n) and (n <= 16 or b <= 1.25 * n)
+    assert length_bucket(65, steps_per_octave=1) == 128  # = powers of two
 
 
 def test_truncation_semantics_hand_checked(tok):

@@ -7,8 +7,8 @@ training batches pairs with — under the SAME ``TokenizeConfig`` (chat template
 EOS), so avg_lp is the per-token mean over exactly the response tokens training scores. The
 pass is length-bucketed: pairs are sorted by token length and cut into batches of one fixed
 size (rounded up to the data-parallel shards; the last batch is filled with repeats that are
-dropped), each padded to its own multiple of ``pad_multiple`` — few shapes, few compiles, no
-long padding on short pairs. Right padding never changes a log-prob, so the values do not
+dropped), each padded to its own ``data.tokenize.length_bucket`` (<= 25% padding) — few shapes,
+few compiles, no long padding on short pairs. Right padding never changes a log-prob, so the values do not
 depend on the batching; the cache key therefore leaves batch size / mesh out and holds the
 model weights + config, the tokenizer (vocab, template, specials), the pairs and the tokenise
 config. The cache is ``reference_cache.cached_arrays`` (atomic writes, multi-host agreement).
@@ -26,33 +26,33 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from align_jax.algorithms.preference_step import Fwd, pair_forward
 from align_jax.algorithms.reference_cache import (CacheResult, cached_arrays, host_array,
                                                   model_fingerprint)
 from align_jax.data import selection
 from align_jax.data.pref_data import examples_fingerprint, tokenizer_fingerprint
 from align_jax.data.schemas import PreferencePair
-from align_jax.data.tokenize import TokenizeConfig, encode_prompts, encode_responses, pair_batch
+from align_jax.data.tokenize import (TokenizeConfig, encode_prompts, encode_responses,
+                                     length_bucket, pair_batch)
 from align_jax.errors import ConfigError
 from align_jax.sharding import place_batch, use_mesh
-from align_jax.train.logprobs import sequence_logps
 
 CACHE_VERSION = "align_jax.ap_implicit.v1"
 AUTO_SIMILARITY = "embedding_cosine"  # explicit=auto on data without scores (bundled MiniLM)
 
 
 @functools.lru_cache(maxsize=8)
-def _avg_lp_jit(graphdef, chunk_size, mesh):
-    """avg log-prob of chosen and rejected rows of a pair batch, in ONE [2B, T] forward."""
+def _avg_lp_jit(graphdef, fwd: Fwd, mesh):
+    """avg log-prob of chosen and rejected rows of a pair batch, in ONE [2B, T] forward — the
+    preference step's own ``pair_forward`` (with ``fwd.completion_len`` the LM head runs on the
+    response positions only, as in training; prompt positions are never scored)."""
 
     def fn(state, batch):
         model = nnx.merge(graphdef, state)
-        cat = {k: jnp.concatenate([batch[f"chosen_{k}"], batch[f"rejected_{k}"]], 0)
-               for k in ("input_ids", "attention_mask", "loss_mask")}
         with use_mesh(mesh):
-            s = sequence_logps(model, cat["input_ids"], cat["attention_mask"], cat["loss_mask"],
-                               chunk_size=chunk_size)
-        b = batch["chosen_input_ids"].shape[0]
-        return s.mean_b[:b], s.mean_b[b:]
+            f = pair_forward(model, batch, fwd)
+        return (f["chosen_logps"] / jnp.maximum(f["chosen_len"], 1.0),
+                f["rejected_logps"] / jnp.maximum(f["rejected_len"], 1.0))
 
     return jax.jit(fn)
 
@@ -72,6 +72,16 @@ def length_buckets(lengths: Sequence[int], batch_size: int) -> list[np.ndarray]:
     return out
 
 
+def crop_padding(batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """Right padding cut to ``length_bucket`` of the longest row: the training batch rounds up
+    to ``pad_multiple`` (32: a 70-token pair runs as 96), the ladder to at most 25% more (80).
+    Masked tail columns change no log-prob, so the values are those of the uncropped batch."""
+    T = batch["chosen_input_ids"].shape[1]
+    longest = max(int(batch[f"{s}_attention_mask"].sum(-1).max()) for s in ("chosen", "rejected"))
+    keep = min(T, length_bucket(longest))
+    return {k: v[:, :keep] if v.ndim == 2 and v.shape[1] == T else v for k, v in batch.items()}
+
+
 def compute_avg_logps(model, tokenizer, pairs: Sequence[PreferencePair],
                       tok_cfg: TokenizeConfig = TokenizeConfig(), *, batch_size: int = 8,
                       mesh=None, chunk_size: int | None = None, progress: bool = True
@@ -88,7 +98,7 @@ def compute_avg_logps(model, tokenizer, pairs: Sequence[PreferencePair],
     if bs % pc:
         raise ConfigError(f"implicit-margin batch {bs} must divide by the process count {pc}")
     graphdef, state = nnx.split(model)
-    fn = _avg_lp_jit(graphdef, chunk_size, mesh)
+    fn = _avg_lp_jit(graphdef, Fwd(chunk_size, tok_cfg.max_completion_len), mesh)
     batches = length_buckets([len(p) + n for p, n in zip(prompts, longest)], bs)
     bar = None
     if progress and pi == 0:
@@ -100,7 +110,7 @@ def compute_avg_logps(model, tokenizer, pairs: Sequence[PreferencePair],
     for idx in batches:
         # the whole global batch is tokenised (one padded T on every host), then each host
         # places its own share of the rows
-        batch = pair_batch(tokenizer, [pairs[int(i)] for i in idx], tok_cfg)
+        batch = crop_padding(pair_batch(tokenizer, [pairs[int(i)] for i in idx], tok_cfg))
         share = slice(pi * (bs // pc), (pi + 1) * (bs // pc))
         lc, lr = fn(state, place_batch({k: v[share] for k, v in batch.items()}, mesh))
         c[idx], r[idx] = host_array(lc), host_array(lr)  # repeats write the same value again

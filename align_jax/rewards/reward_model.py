@@ -28,7 +28,7 @@ import jax
 import numpy as np
 from flax import nnx
 
-from align_jax.data.tokenize import pow2_bucket
+from align_jax.data.tokenize import length_bucket
 
 DECODER_TYPES = ("llama", "mistral", "qwen2", "qwen3", "gemma2", "gemma3_text", "phi3")
 
@@ -125,7 +125,8 @@ class DecoderRewardModel:
         for s in starts:
             idx = order[s:s + rows]
             chunk = [seqs[i] for i in idx]
-            (length,) = shd.agree(self.mesh, pow2_bucket(max((len(x) for x in chunk), default=1)))
+            longest = max((len(x) for x in chunk), default=1)
+            (length,) = shd.agree(self.mesh, length_bucket(longest))
             ids, mask = pad_rows(chunk, length, self.pad_id, rows)
             b = shd.place_batch({"ids": ids, "mask": mask}, self.mesh)
             out[idx] = shd.local_rows(self._scores(self._state, b["ids"], b["mask"]))[:len(idx)]

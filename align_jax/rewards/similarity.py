@@ -53,7 +53,7 @@ from jax.sharding import NamedSharding, PartitionSpec
 
 from align_jax import sharding as shd
 from align_jax.errors import ConfigError
-from align_jax.data.tokenize import pow2_bucket, round_up
+from align_jax.data.tokenize import length_bucket, pow2_bucket, round_up
 from align_jax.models.encoder import Encoder, load_encoder
 from align_jax.rewards import text_metrics
 from align_jax.rewards.registry import list_scorers, make_scorer, register_scorer
@@ -195,7 +195,7 @@ class _EncoderScorer:
 
     def __init__(self, model: Any = None, *, encoder: tuple | None = None,
                  num_layers: int | None = None, batch_size: int = 64,
-                 length_buckets: Sequence[int] = (16, 32, 64, 128, 256, 512),
+                 length_buckets: Sequence[int] | None = None,
                  max_length: int | None = None, compute_dtype: Any = jnp.float32,
                  precision: Any = "highest", mesh: jax.sharding.Mesh | None = None,
                  batch_axes: Sequence[str] = ("data", "fsdp"),
@@ -216,8 +216,12 @@ class _EncoderScorer:
                               "(the encoder's layers)")
         tok_max = getattr(self.tokenizer, "model_max_length", None) or cfg.max_length
         self.max_length = min(int(max_length or tok_max), int(tok_max), cfg.max_length)
-        self.length_buckets = sorted(b for b in length_buckets if b < self.max_length)
-        self.length_buckets.append(self.max_length)
+        # length_buckets: the encoder's padded lengths; None = data.tokenize.length_bucket's
+        # ladder (<= 25% padding). The matching kernel pads to powers of two (it is < 2% of the
+        # FLOPs, and its shapes pair up a candidate and a reference bucket: few compiles).
+        self.length_buckets = (None if length_buckets is None else
+                               sorted(b for b in length_buckets if b < self.max_length)
+                               + [self.max_length])
         self.batch_size = int(batch_size)
         self.special_tokens = tuple(special_tokens)
         self.strip = strip
@@ -298,7 +302,12 @@ class _EncoderScorer:
         return round_up(pow2_bucket(max(n, local), 1), local)
 
     def _bucket(self, longest: int) -> int:
+        if self.length_buckets is None:
+            return min(length_bucket(longest), self.max_length)
         return next(b for b in self.length_buckets if b >= longest)
+
+    def _match_bucket(self, longest: int) -> int:
+        return min(pow2_bucket(longest), self.max_length)
 
     def _place(self, *arrays):
         if self.mesh is None:
@@ -342,7 +351,7 @@ class _EncoderScorer:
         B = self._agreed(self._rows(n))
         sides = []
         for hs, ws in ((c_h, c_w), (r_h, r_w)):
-            T = self._agreed(self._bucket(max((len(h) for h in hs), default=1)))
+            T = self._agreed(self._match_bucket(max((len(h) for h in hs), default=1)))
             emb, mask, w = (np.zeros((B, T, D), np.float32), np.zeros((B, T), bool),
                             np.zeros((B, T), np.float32))
             for i, (h, wt) in enumerate(zip(hs, ws)):
