@@ -15,8 +15,8 @@ Offline default: SmolLM2-135M-Instruct with LoRA, the bundled preference set's o
 the holistic reward a Bradley–Terry reward model trained on the fly by experiments/reward_model.py
 (SmolLM2-135M on the bundled pairs, saved in <run>/reward_model; `rm=` gives one instead);
 candidate aspects readability (−Flesch–Kincaid), length (words), repetition (distinct-2) and
-BERTScore to the reference (MiniLM). 22 min on 2 quiet CPU cores (measured; README), of which
-the 30 PPO steps take 18; `steps=15` halves that.
+BERTScore to the reference (MiniLM). 12 min on 2 quiet CPU cores of an AVX-512 host, 22 min
+on an AVX2 one (both measured; README), most of it the 30 PPO steps; `steps=15` halves those.
 Outputs in runs/alarm_<ablation>-<time>/ (or out_dir=; re-using it resumes): config.json,
 reward_model/ (the trained RM and its export), holistic_stats.json, alarm_selection.json (every
 candidate's agreement rate), metrics.jsonl, checkpoints/, curves.png, eval_before/after.json,
