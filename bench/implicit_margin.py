@@ -8,12 +8,13 @@ with transformers' ``LlamaForCausalLM`` on the same weights and the same token b
 Weights: --model (a HF causal-LM dir with tokenizer), else SmolLM2-135M-Instruct (the bundled
 GGUF) exported once to a temp dir, so both sides load identical files. Pairs: the bundled
 preference pairs, repeated to --pairs, tokenised ONCE by the trainer's ``pair_batch`` (chat
-template, max_prompt_len / max_completion_len 64) into the length buckets of
-``ap_margins.length_buckets``, padding cut to ``ap_margins.crop_padding``'s length as the pass
-does; both sides get those batches: ours the jitted [2B, T] forward of chosen + rejected
-(``ap_margins._avg_lp_jit``: the LM head on response positions only, as the DPO step does),
-PyTorch the same concatenated rows → full logits → float32 log_softmax → response-token mean. Tokenisation and loading are excluded; ours: first call
-(compiles) reported apart, steady = median of --repeats; PyTorch: one warm-up, then the median.
+template, max_prompt_len / max_completion_len 64) into the pass's own batches
+(``ap_margins.pair_batches``: length-sorted, padding cropped); both sides get those batches:
+ours the jitted [2B, T] forward of chosen + rejected (``ap_margins._avg_lp_jit``: the LM head on
+response positions only, as the DPO step does), PyTorch the same concatenated rows → full
+logits → float32 log_softmax → response-token mean. Tokenisation and loading are excluded; ours:
+first call (compiles) reported apart, steady = median of --repeats; PyTorch: one warm-up, then
+the median.
 Prints the machine's load average: on a shared machine the ratio is noisy.
 """
 from __future__ import annotations
@@ -64,8 +65,7 @@ def main() -> None:
 
     from align_jax.algorithms import ap_margins
     from align_jax.algorithms.preference_step import Fwd
-    from align_jax.data import load_bundled, pair_batch
-    from align_jax.data.tokenize import encode_prompts, encode_responses
+    from align_jax.data import load_bundled
     from align_jax.experiment import PreferenceExperiment
     from align_jax.models import load_causal_lm
 
@@ -76,13 +76,7 @@ def main() -> None:
         src = _weights(args, Path(tmp))
         ours, tok = load_causal_lm(src)
         hf = transformers.AutoModelForCausalLM.from_pretrained(src, dtype=torch.float32).eval()
-    lens = [len(p) + max(len(c), len(r)) for p, c, r in zip(
-        encode_prompts(tok, [p.prompt for p in pairs], tcfg),
-        encode_responses(tok, [p.chosen for p in pairs], tcfg),
-        encode_responses(tok, [p.rejected for p in pairs], tcfg))]
-    groups = ap_margins.length_buckets(lens, args.batch_size)
-    batches = [ap_margins.crop_padding(pair_batch(tok, [pairs[int(i)] for i in idx], tcfg))
-               for idx in groups]
+    batches = [b for _, b in ap_margins.pair_batches(tok, pairs, tcfg, args.batch_size)]
     graphdef, state = nnx.split(ours)
     fn = ap_margins._avg_lp_jit(graphdef, Fwd(None, tcfg.max_completion_len), None)
 

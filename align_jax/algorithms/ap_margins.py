@@ -7,11 +7,12 @@ training batches pairs with — under the SAME ``TokenizeConfig`` (chat template
 EOS), so avg_lp is the per-token mean over exactly the response tokens training scores. The
 pass is length-bucketed: pairs are sorted by token length and cut into batches of one fixed
 size (rounded up to the data-parallel shards; the last batch is filled with repeats that are
-dropped), each padded to its own ``data.tokenize.length_bucket`` (<= 25% padding) — few shapes,
-few compiles, no long padding on short pairs. Right padding never changes a log-prob, so the values do not
-depend on the batching; the cache key therefore leaves batch size / mesh out and holds the
-model weights + config, the tokenizer (vocab, template, specials), the pairs and the tokenise
-config. The cache is ``reference_cache.cached_arrays`` (atomic writes, multi-host agreement).
+dropped), each padded to its own ``data.tokenize.length_bucket`` (<= 25% padding) — few
+shapes, few compiles, no long padding on short pairs. Right padding never changes a log-prob, so
+the values do not depend on the batching; the cache key therefore leaves batch size / mesh out
+and holds the model weights + config, the tokenizer (vocab, template, specials), the pairs and
+the tokenise config. The cache is ``reference_cache.cached_arrays`` (atomic writes, multi-host
+agreement).
 """
 from __future__ import annotations
 
@@ -19,7 +20,7 @@ import dataclasses
 import functools
 import hashlib
 import json
-from typing import Sequence
+from typing import Iterator, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -82,6 +83,19 @@ def crop_padding(batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     return {k: v[:, :keep] if v.ndim == 2 and v.shape[1] == T else v for k, v in batch.items()}
 
 
+def pair_batches(tokenizer, pairs: Sequence[PreferencePair], tok_cfg: TokenizeConfig,
+                 batch_size: int) -> Iterator[tuple[np.ndarray, dict[str, np.ndarray]]]:
+    """(dataset indices, padded pair batch) of the pass: length-sorted batches of exactly
+    ``batch_size`` (:func:`length_buckets`), tokenised by ``pair_batch`` under ``tok_cfg`` and
+    cropped (:func:`crop_padding`). The whole global batch: every host gets the same T."""
+    prompts = encode_prompts(tokenizer, [p.prompt for p in pairs], tok_cfg)
+    longest = [max(len(c), len(r)) for c, r in zip(
+        encode_responses(tokenizer, [p.chosen for p in pairs], tok_cfg),
+        encode_responses(tokenizer, [p.rejected for p in pairs], tok_cfg))]
+    for idx in length_buckets([len(p) + n for p, n in zip(prompts, longest)], batch_size):
+        yield idx, crop_padding(pair_batch(tokenizer, [pairs[int(i)] for i in idx], tok_cfg))
+
+
 def compute_avg_logps(model, tokenizer, pairs: Sequence[PreferencePair],
                       tok_cfg: TokenizeConfig = TokenizeConfig(), *, batch_size: int = 8,
                       mesh=None, chunk_size: int | None = None, progress: bool = True
@@ -89,17 +103,12 @@ def compute_avg_logps(model, tokenizer, pairs: Sequence[PreferencePair],
     """``avg_lp_chosen`` / ``avg_lp_rejected`` [N] float32 in dataset order (no cache)."""
     if not pairs:
         raise ConfigError("the implicit margin needs at least one pair")
-    prompts = encode_prompts(tokenizer, [p.prompt for p in pairs], tok_cfg)
-    longest = [max(len(c), len(r)) for c, r in zip(
-        encode_responses(tokenizer, [p.chosen for p in pairs], tok_cfg),
-        encode_responses(tokenizer, [p.rejected for p in pairs], tok_cfg))]
     shards, pc, pi = _shards(mesh), jax.process_count(), jax.process_index()
     bs = -(-max(batch_size, 1) // shards) * shards
     if bs % pc:
         raise ConfigError(f"implicit-margin batch {bs} must divide by the process count {pc}")
     graphdef, state = nnx.split(model)
     fn = _avg_lp_jit(graphdef, Fwd(chunk_size, tok_cfg.max_completion_len), mesh)
-    batches = length_buckets([len(p) + n for p, n in zip(prompts, longest)], bs)
     bar = None
     if progress and pi == 0:
         from tqdm.auto import tqdm
@@ -107,10 +116,8 @@ def compute_avg_logps(model, tokenizer, pairs: Sequence[PreferencePair],
         bar = tqdm(total=len(pairs), desc="implicit margin", unit="pair", dynamic_ncols=True)
     c = np.zeros(len(pairs), np.float32)
     r = np.zeros(len(pairs), np.float32)
-    for idx in batches:
-        # the whole global batch is tokenised (one padded T on every host), then each host
-        # places its own share of the rows
-        batch = crop_padding(pair_batch(tokenizer, [pairs[int(i)] for i in idx], tok_cfg))
+    for idx, batch in pair_batches(tokenizer, pairs, tok_cfg, bs):
+        # every host tokenised the whole global batch (one T); each places its own share
         share = slice(pi * (bs // pc), (pi + 1) * (bs // pc))
         lc, lr = fn(state, place_batch({k: v[share] for k, v in batch.items()}, mesh))
         c[idx], r[idx] = host_array(lc), host_array(lr)  # repeats write the same value again
