@@ -10,8 +10,9 @@ GGUF) exported once to a temp dir, so both sides load identical files. Pairs: th
 preference pairs, repeated to --pairs, tokenised ONCE by the trainer's ``pair_batch`` (chat
 template, max_prompt_len / max_completion_len 64) into the pass's own batches
 (``ap_margins.pair_batches``: length-sorted, padding cropped); both sides get those batches:
-ours the jitted [2B, T] forward of chosen + rejected (``ap_margins._avg_lp_jit``: the LM head on
-response positions only, as the DPO step does), PyTorch the same concatenated rows → full
+ours what ``compute_avg_logps`` runs (``ap_margins._avg_lp_jit``: each pair's prompt once into a
+KV cache, chosen and rejected continuing it — ``models.shared_prefix`` — where that saves >= 10%
+of the token positions; the LM head on response positions only, as the DPO step does), PyTorch the same concatenated rows → full
 logits → float32 log_softmax → response-token mean. Tokenisation and loading are excluded; ours:
 first call (compiles) reported apart, steady = median of --repeats; PyTorch: one warm-up, then
 the median.
@@ -80,8 +81,19 @@ def main() -> None:
     graphdef, state = nnx.split(ours)
     fn = ap_margins._avg_lp_jit(graphdef, Fwd(None, tcfg.max_completion_len), None)
 
+    from align_jax.data.tokenize import pad_id_of
+    from align_jax.models.shared_prefix import split_pair_batch
+
+    # what compute_avg_logps runs: each pair's prompt once where that saves >= 10% of positions
+    split = [split_pair_batch(b, 0.1, pad_id_of(tok)) for b in batches]
+    ours_batches = [s if s is not None else b for s, b in zip(split, batches)]
+
+    def positions(b):
+        p = b["prefix_input_ids"].size if "prefix_input_ids" in b else 0
+        return p + b["chosen_input_ids"].size + b["rejected_input_ids"].size
+
     def ours_pass():
-        out = [fn(state, b) for b in batches]
+        out = [fn(state, b) for b in ours_batches]
         return np.concatenate([np.concatenate([np.asarray(c), np.asarray(r)]) for c, r in out])
 
     def torch_pass():
@@ -117,6 +129,9 @@ def main() -> None:
     print(f"{'implementation':<36}{'1st call s':>11}{'steady s':>10}{'pairs/s':>10}")
     print(f"{'align_jax (jit, JAX)':<36}{first_t:>11.2f}{ours_s:>10.3f}{n / ours_s:>10.1f}")
     print(f"{'transformers CausalLM (PyTorch)':<36}{'-':>11}{theirs_s:>10.3f}{n / theirs_s:>10.1f}")
+    print(f"shared prompt on {sum(s is not None for s in split)} of {len(batches)} batches: "
+          f"{sum(map(positions, ours_batches))} token positions vs "
+          f"{sum(map(positions, batches))} plain")
     print(f"speed ratio (ours / transformers): {theirs_s / ours_s:.2f}x; "
           f"max |Δ avg log-prob| = {diff:.2e}")
 

@@ -9,7 +9,10 @@ bundled GGUF's decoder) under a random score head, exported once to a temp dir s
 identical files. Pairs: the bundled preference prompts with their chosen/rejected responses,
 repeated to --pairs. Both sides get the SAME token batches (ours: `score_ids` sorts by length
 into buckets of --batch-size rows; PyTorch gets those same row groups, right-padded to each
-group's longest), so the ratio measures the model, not the batching. Loading is excluded;
+group's longest), so the ratio measures the model, not the batching. A second row times what
+``rm(prompts, responses)`` runs: each pair's chosen and rejected share the templated prompt's
+tokens, run once per batch (``models.shared_prefix``; the peer runs every row whole, as
+transformers' pipeline does). Loading is excluded;
 ours: first call (compiles) reported apart, steady state = median of --repeats calls; PyTorch:
 one warm-up call, then the median of --repeats. Tokenisation is excluded on both sides.
 """
@@ -109,9 +112,18 @@ def main() -> None:
     first_t = time_calls(lambda: ours.score_ids(seqs, dedupe=False), 1)[0]
     ours_s = statistics.median(time_calls(lambda: ours.score_ids(seqs, dedupe=False),
                                           args.repeats))
+    # what rm(prompts, responses) runs: a pair's chosen and rejected share the prompt's tokens
+    # (one group per repeated pair: the same distinct work as above)
+    prompt_of = [i // 2 for i in range(len(seqs))]
+    shared_call = lambda: ours.score_ids(seqs, dedupe=False, groups=prompt_of)
+    ours.shared_batches = 0
+    first_sh = time_calls(shared_call, 1)[0]
+    shared_on = ours.shared_batches > 0
+    shared_s = statistics.median(time_calls(shared_call, args.repeats))
     theirs_scores = torch_scores()  # warm-up
     theirs_s = statistics.median(time_calls(torch_scores, args.repeats))
     diff = np.abs(ours.score_ids(seqs)[order, 0] - theirs_scores).max()
+    diff_sh = np.abs(shared_call()[order, 0] - theirs_scores).max()
 
     n = len(seqs)
     buckets = sorted({length_bucket(len(g[-1])) for g in groups})
@@ -122,9 +134,12 @@ def main() -> None:
           f"load avg {os.getloadavg()[0]:.1f}")
     print(f"{'implementation':<34}{'1st call s':>11}{'steady s':>10}{'pairs/s':>10}")
     print(f"{'align_jax (jit, JAX)':<34}{first_t:>11.2f}{ours_s:>10.3f}{n / ours_s:>10.1f}")
+    label = "align_jax, shared prompt" + ("" if shared_on else " (not taken)")
+    print(f"{label:<34}{first_sh:>11.2f}{shared_s:>10.3f}{n / shared_s:>10.1f}")
     print(f"{'transformers SeqCls (PyTorch)':<34}{'-':>11}{theirs_s:>10.3f}{n / theirs_s:>10.1f}")
-    print(f"speed ratio (ours / transformers): {theirs_s / ours_s:.2f}x; "
-          f"max |Δscore| = {diff:.2e}")
+    print(f"speed ratio (ours / transformers): model {theirs_s / ours_s:.2f}x, "
+          f"rm(prompts, responses) with the shared prompt {theirs_s / shared_s:.2f}x; "
+          f"max |Δscore| = {diff:.2e} / {diff_sh:.2e}")
     # executed FLOPs of ours: every group padded to batch_size rows × its length bucket
     c, params = ours.model.cfg, nnx.state(ours.model, nnx.Param)
     n_mm = roofline.matmul_params(params, skip=("embed", "lm_head"))  # the score head counts

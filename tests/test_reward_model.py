@@ -226,3 +226,34 @@ def test_lora_head_trains_with_adapters_and_export_merges(tmp_path):
     out = save_scored_decoder(model, tmp_path / "export")
     hf = transformers.AutoModelForSequenceClassification.from_pretrained(out).eval()
     np.testing.assert_allclose(_hf_scores(hf, ids, mask), ours, atol=1e-4)
+
+
+def test_rows_of_one_prompt_share_its_prefix(tmp_path):
+    """K answers per prompt: the templated prompt runs once per batch (models.shared_prefix)
+    and every score still equals transformers' on the whole text; on a 4x2x1 mesh too. Long
+    prompts, so the shared path does less work and is taken; without a mesh one prompt's answers
+    straddle two batches (batch 8 = 2.67 groups of 3)."""
+    hf = _save_random_cls(CASES["llama_pad0"], tmp_path)
+    tok = _tokenizer(True)
+    tok.save_pretrained(tmp_path)
+    prompts = [" ".join([q] * 8) for q in ("what is the sky color", "is it good a question",
+                                           "yes or no the answer", "what color is the sky")]
+    answers = ["blue", "green it is", "no", "an answer of yes and no"]
+    P = [p for p in prompts for _ in range(3)]
+    R = [answers[(i + j) % 4] for i in range(4) for j in range(3)]
+    texts = [tok.apply_chat_template([{"role": "user", "content": p},
+                                      {"role": "assistant", "content": r}], tokenize=False)
+             for p, r in zip(P, R)]
+    want = np.array([_hf_scores(hf, [x], [[1] * len(x)])[0, 0]
+                     for x in tok(texts)["input_ids"]])
+    # on 8 data shards a batch's prefix pass has >= 8 rows: only a batch of 16 saves work
+    for mesh, batch, shared in ((None, 8, 2), ("4,2,1", 16, 1)):
+        from align_jax.sharding import make_mesh
+
+        rm = load_reward_model(tmp_path, batch_size=batch, mesh=mesh and make_mesh(mesh))
+        got = rm(P, R)
+        assert rm.shared_batches == shared, mesh
+        np.testing.assert_allclose(got, want, atol=1e-4)
+        plain = rm.score_ids([list(x) for x in tok(texts, add_special_tokens=False)["input_ids"]])
+        np.testing.assert_allclose(plain[:, 0], want, atol=1e-4)  # no groups: the plain path
+        assert rm.shared_batches == shared

@@ -19,6 +19,7 @@ from align_jax.data import PreferencePair, TokenizeConfig, render_prompt, select
 from align_jax.errors import ConfigError, DataError
 from align_jax.models.config import DecoderConfig
 from align_jax.models.llama import Decoder
+from align_jax.models.shared_prefix import split_pair_batch
 from align_jax.sharding import make_mesh
 
 WORDS = ["[PAD]", "</s>", "<user>", "<assistant>"] + [f"w{i}" for i in range(20)]
@@ -124,6 +125,33 @@ def test_implicit_margin_matches_plain_forward(tiny):
             np.testing.assert_allclose(out[f"avg_lp_{side}"][i], want, atol=2e-5)
             checked += 1
     assert checked == 2 * len(pairs)
+
+
+def test_shared_prompt_pass_equals_plain_pass(tiny):
+    """Each pair's prompt run once (models.shared_prefix) == the plain [2B, T] rows, and the
+    split batch holds exactly the rows' tokens: prefix + continuation = the plain row."""
+    model, tok, pairs = tiny
+    split = 0
+    for _, batch in ap_margins.pair_batches(tok, pairs, TCFG, 4):
+        s = split_pair_batch(batch, min_saving=-1.0)  # split even where it saves nothing
+        if s is None:
+            continue
+        split += 1
+        for side in ("chosen", "rejected"):
+            for b in range(batch[f"{side}_input_ids"].shape[0]):
+                n = batch[f"{side}_attention_mask"][b].sum()
+                pre = s["prefix_input_ids"][b][s["prefix_attention_mask"][b] > 0]
+                rest = s[f"{side}_input_ids"][b][s[f"{side}_attention_mask"][b] > 0]
+                assert np.concatenate([pre, rest]).tolist() == \
+                    batch[f"{side}_input_ids"][b, :n].tolist()
+                assert s[f"{side}_loss_mask"][b].sum() == batch[f"{side}_loss_mask"][b].sum()
+                assert len(rest) >= 2 and s[f"{side}_loss_mask"][b, 0] == 0  # last prompt token
+    assert split > 0
+    kw = dict(batch_size=4, progress=False)
+    plain = ap_margins.compute_avg_logps(model, tok, pairs, TCFG, share_prompts=None, **kw)
+    shared = ap_margins.compute_avg_logps(model, tok, pairs, TCFG, share_prompts=-1.0, **kw)
+    for k in plain:
+        np.testing.assert_allclose(shared[k], plain[k], atol=1e-5)
 
 
 def test_selection_independent_of_batch_size_and_mesh(tiny):

@@ -24,6 +24,8 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from align_jax.models.ops import gelu_exact
+
 _SUPPORTED_TYPES = ("bert", "roberta", "xlm-roberta")
 # "gelu" in HF is the exact erf form; the tanh approximations are a different function.
 _ACTS = {"gelu": False, "gelu_new": True, "gelu_pytorch_tanh": True}
@@ -213,7 +215,7 @@ class Encoder(nnx.Module):
         attn = ein("bqhk,hkd->bqd", ctx, p["o_kernel"]) + p["o_bias"]
         h = _layer_norm(h + attn, p["attn_norm_scale"], p["attn_norm_bias"], c.layer_norm_eps)
         m = ein("btd,df->btf", h, p["mlp_in_kernel"]) + p["mlp_in_bias"]
-        m = jax.nn.gelu(m, approximate=_ACTS[c.hidden_act])
+        m = jax.nn.gelu(m, approximate=True) if _ACTS[c.hidden_act] else gelu_exact(m)
         m = ein("btf,fd->btd", m, p["mlp_out_kernel"]) + p["mlp_out_bias"]
         return _layer_norm(h + m, p["mlp_norm_scale"], p["mlp_norm_bias"], c.layer_norm_eps)
 

@@ -102,10 +102,19 @@ def rms_norm(x, w, eps, offset: float = 0.0):
     return ((w + offset if offset else w) * xf).astype(x.dtype)
 
 
+def gelu_exact(x):
+    """½·x·(1 + erf(x/√2)): torch's / transformers' "gelu" formula. jax.nn.gelu's exact form
+    goes through erfc, which XLA:CPU expands into a long exp-based polynomial (a 13 kB kernel
+    against 2 kB): 2.8x slower on a [16, 64, 1536] block. Values agree with it to <= 1e-6."""
+    return 0.5 * x * (1.0 + jax.lax.erf(x * np.float32(1.0 / math.sqrt(2.0))).astype(x.dtype))
+
+
 def activation(cfg: DecoderConfig, x):
     if cfg.hidden_act == "silu":
         return jax.nn.silu(x)
-    return jax.nn.gelu(x, approximate=cfg.hidden_act == "gelu_pytorch_tanh")
+    if cfg.hidden_act == "gelu_pytorch_tanh":
+        return jax.nn.gelu(x, approximate=True)
+    return gelu_exact(x)
 
 
 def softcap(x, cap: float | None):

@@ -64,8 +64,15 @@ class ScoredDecoder(nnx.Module):
     def cfg(self) -> DecoderConfig:
         return self.backbone.cfg
 
-    def __call__(self, input_ids, attention_mask):
-        h_btd, _ = self.backbone.hidden_states(input_ids, attention_mask)
+    def __call__(self, input_ids, attention_mask, prefix=None):
+        """``prefix=(prefix_ids [P, Lp], prefix_mask, row_prefix [B])``: the rows are the
+        continuations of those prefixes (``models.shared_prefix``); the scored token is in them."""
+        body = self.backbone
+        if prefix is not None:
+            from align_jax.models.shared_prefix import continuation
+
+            body = continuation(self.backbone, *prefix, room=input_ids.shape[1])
+        h_btd, _ = body.hidden_states(input_ids, attention_mask)
         idx = last_token_index(input_ids, attention_mask, self.pad_token_id)
         h_bd = jnp.take_along_axis(h_btd, idx[:, None, None], axis=1)[:, 0]
         w = self.score[...].astype(self.cfg.dtype)
