@@ -1,13 +1,14 @@
 """Reward-model scoring throughput: our jitted JAX scorer vs transformers'
 LlamaForSequenceClassification (PyTorch CPU) on the same weights and the same batches.
 
-    python bench/rm_score.py [--pairs 256] [--batch-size 16] [--repeats 3] [--model DIR]
+    python bench/rm_score.py [--pairs 256] [--batch-size 16] [--repeats 3] [--k 2] [--model DIR]
     python bench/rm_score.py --tiny          # a seconds-long check that the script works
 
 Weights: --model (a HF …ForSequenceClassification dir with tokenizer), else SmolLM2-135M (the
 bundled GGUF's decoder) under a random score head, exported once to a temp dir so both sides load
-identical files. Pairs: the bundled preference prompts with their chosen/rejected responses,
-repeated to --pairs. Both sides get the SAME token batches (ours: `score_ids` sorts by length
+identical files. Pairs: the bundled preference prompts with their chosen/rejected responses
+(--k 4: two more answers per prompt from the next pairs, as ALaRM scores K samples of a
+prompt), repeated to --pairs. Both sides get the SAME token batches (ours: `score_ids` sorts by length
 into buckets of --batch-size rows; PyTorch gets those same row groups, right-padded to each
 group's longest), so the ratio measures the model, not the batching. A second row times what
 ``rm(prompts, responses)`` runs: each pair's chosen and rejected share the templated prompt's
@@ -60,6 +61,7 @@ def main() -> None:
     ap.add_argument("--pairs", type=int, default=256)
     ap.add_argument("--batch-size", type=int, default=16)
     ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--k", type=int, default=2, help="rows per prompt (2: the pairs)")
     ap.add_argument("--model", default=None, help="HF …ForSequenceClassification dir")
     ap.add_argument("--tiny", action="store_true", help="tiny random model, 16 pairs: a check")
     args = ap.parse_args()
@@ -79,8 +81,10 @@ def main() -> None:
     from align_jax.rewards.reward_model import encode_pairs, load_reward_model
 
     pairs = load_bundled("preference", split="train")
-    prompts = [p.prompt for p in pairs for _ in (0, 1)]
-    responses = [r for p in pairs for r in (p.chosen, p.rejected)]
+    pool = [r for p in pairs for r in (p.chosen, p.rejected)]
+    K = args.k  # rows per prompt: its chosen and rejected, then other pairs' answers (ALaRM's K)
+    prompts = [p.prompt for p in pairs for _ in range(K)]
+    responses = [pool[(2 * i + k) % len(pool)] for i in range(len(pairs)) for k in range(K)]
     reps = -(-args.pairs // len(prompts))
     prompts, responses = (prompts * reps)[:args.pairs], (responses * reps)[:args.pairs]
 
@@ -112,9 +116,9 @@ def main() -> None:
     first_t = time_calls(lambda: ours.score_ids(seqs, dedupe=False), 1)[0]
     ours_s = statistics.median(time_calls(lambda: ours.score_ids(seqs, dedupe=False),
                                           args.repeats))
-    # what rm(prompts, responses) runs: a pair's chosen and rejected share the prompt's tokens
-    # (one group per repeated pair: the same distinct work as above)
-    prompt_of = [i // 2 for i in range(len(seqs))]
+    # what rm(prompts, responses) runs: the K rows of a prompt share its tokens (one group per
+    # prompt: the same distinct work as above; taken where it saves >= 25% of the positions)
+    prompt_of = [i // K for i in range(len(seqs))]
     shared_call = lambda: ours.score_ids(seqs, dedupe=False, groups=prompt_of)
     ours.shared_batches = 0
     first_sh = time_calls(shared_call, 1)[0]
@@ -128,7 +132,8 @@ def main() -> None:
     n = len(seqs)
     buckets = sorted({length_bucket(len(g[-1])) for g in groups})
     name = Path(src).name if args.model else "tiny llama" if args.tiny else "SmolLM2-135M"
-    print(f"reward model {name}, {n} pairs, batch {args.batch_size}, length buckets {buckets}; "
+    print(f"reward model {name}, {n} pairs ({K} per prompt), batch {args.batch_size}, "
+          f"length buckets {buckets}; "
           f"jax {jax.__version__} on {jax.devices()[0].platform}, torch {torch.__version__} "
           f"({torch.get_num_threads()} threads), {os.cpu_count()} CPUs, "
           f"load avg {os.getloadavg()[0]:.1f}")

@@ -44,7 +44,7 @@ def test_continuation_equals_plain_forward(family, tmp_path):
 
     @nnx.jit
     def shared(m, pids, pmask, rp, ids, mask):
-        return continuation(m, pids, pmask, rp, room=ids.shape[1]).hidden_states(ids, mask)[0]
+        return continuation(m, pids, pmask, rp).hidden_states(ids, mask)[0]
 
     want = np.asarray(plain(model, *_padded(rows, 16)))
     got = np.asarray(shared(model, *_padded(prefixes, 12), row_prefix, *_padded(suffixes, 8)))

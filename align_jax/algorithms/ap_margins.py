@@ -9,8 +9,8 @@ pass is length-bucketed: pairs are sorted by token length and cut into batches o
 size (rounded up to the data-parallel shards; the last batch is filled with repeats that are
 dropped), each padded to its own ``data.tokenize.length_bucket`` (<= 25% padding) — few
 shapes, few compiles, no long padding on short pairs. Each pair's prompt runs ONCE where that
-saves >= 10% of the padded token positions (``models.shared_prefix.split_pair_batch``: chosen
-and rejected continue one KV cache of the prompt; on the bundled pairs the prompt is ~3/4 of a
+saves >= 25% of the padded token positions (``models.shared_prefix.split_pair_batch``: chosen
+and rejected continue the prompt's keys / values; on the bundled pairs the prompt is ~3/4 of a
 row). Neither right padding nor the shared prompt changes a log-prob (beyond float rounding), so
 the values do not depend on the batching; the cache key therefore leaves batch size / mesh out
 and holds the model weights + config, the tokenizer (vocab, template, specials), the pairs and
@@ -39,7 +39,7 @@ from align_jax.data.schemas import PreferencePair
 from align_jax.data.tokenize import (TokenizeConfig, encode_prompts, encode_responses,
                                      length_bucket, pad_id_of, pair_batch)
 from align_jax.errors import ConfigError
-from align_jax.models.shared_prefix import continuation, split_pair_batch
+from align_jax.models.shared_prefix import MIN_SAVING, continuation, split_pair_batch
 from align_jax.sharding import place_batch, use_mesh
 
 CACHE_VERSION = "align_jax.ap_implicit.v1"
@@ -51,8 +51,8 @@ def _avg_lp_jit(graphdef, fwd: Fwd, mesh):
     """avg log-prob of chosen and rejected rows of a pair batch, in ONE [2B, T] forward — the
     preference step's own ``pair_forward`` (with ``fwd.completion_len`` the LM head runs on the
     response positions only, as in training; prompt positions are never scored). A batch split
-    by ``models.shared_prefix.split_pair_batch`` runs each pair's prompt once: [B, Lp] into a KV
-    cache, then the [2B, Ls] continuations of chosen and rejected against it."""
+    by ``models.shared_prefix.split_pair_batch`` runs each pair's prompt once [B, Lp], then the
+    [2B, Ls] continuations of chosen and rejected against its keys and values."""
 
     def fn(state, batch):
         model = nnx.merge(graphdef, state)
@@ -61,8 +61,7 @@ def _avg_lp_jit(graphdef, fwd: Fwd, mesh):
                 b = batch["prefix_input_ids"].shape[0]
                 rows = jnp.concatenate([jnp.arange(b), jnp.arange(b)])
                 model = continuation(model, batch["prefix_input_ids"],
-                                     batch["prefix_attention_mask"], rows,
-                                     room=batch["chosen_input_ids"].shape[1])
+                                     batch["prefix_attention_mask"], rows)
             f = pair_forward(model, batch, fwd)
         return (f["chosen_logps"] / jnp.maximum(f["chosen_len"], 1.0),
                 f["rejected_logps"] / jnp.maximum(f["rejected_len"], 1.0))
@@ -111,7 +110,7 @@ def pair_batches(tokenizer, pairs: Sequence[PreferencePair], tok_cfg: TokenizeCo
 def compute_avg_logps(model, tokenizer, pairs: Sequence[PreferencePair],
                       tok_cfg: TokenizeConfig = TokenizeConfig(), *, batch_size: int = 8,
                       mesh=None, chunk_size: int | None = None, progress: bool = True,
-                      share_prompts: float | None = 0.1) -> dict[str, np.ndarray]:
+                      share_prompts: float | None = MIN_SAVING) -> dict[str, np.ndarray]:
     """``avg_lp_chosen`` / ``avg_lp_rejected`` [N] float32 in dataset order (no cache).
     ``share_prompts``: the least fraction of padded token positions a batch must save to run
     its prompts once (``split_pair_batch``'s ``min_saving``); None = always the plain pass."""

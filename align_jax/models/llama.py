@@ -70,6 +70,25 @@ class KVCache:
 CACHE_AXES = ("layers", "batch", "length", "kv_heads", "head_dim")
 
 
+@struct.dataclass
+class PrefixKV:
+    """Every layer's keys / values of a batch of prefixes (``hidden_states(...,
+    return_kv=True)``), gathered onto the rows that continue them (``hidden_states(...,
+    prefix=)``, see ``models.shared_prefix``). Scanned per layer with the weights, not carried:
+    no whole-stack buffer is copied or updated per layer."""
+
+    k_lbske: jax.Array
+    v_lbske: jax.Array
+    valid_bs: jax.Array  # real prefix tokens
+    pos_bs: jax.Array  # their RoPE positions
+
+    def rows(self, idx) -> "PrefixKV":
+        return PrefixKV(k_lbske=jnp.take(self.k_lbske, idx, axis=1),
+                        v_lbske=jnp.take(self.v_lbske, idx, axis=1),
+                        valid_bs=jnp.take(self.valid_bs, idx, axis=0),
+                        pos_bs=jnp.take(self.pos_bs, idx, axis=0))
+
+
 # ---- parameters -----------------------------------------------------------------------------
 def _proj_shapes(cfg: DecoderConfig):
     d, f = cfg.hidden_size, cfg.intermediate_size
@@ -154,23 +173,32 @@ class Decoder(nnx.Module):
         return constrain(logits, ("batch", "length", "vocab"))
 
     def hidden_states(self, input_ids, attention_mask=None, *, positions=None, cache=None,
-                      inputs_embeds=None):
+                      inputs_embeds=None, prefix: PrefixKV | None = None,
+                      return_kv: bool = False):
         """Final-norm hidden states [B,T,D] (and the updated cache, or None). The sampler's
         CPU decode path is `align_jax.models.decode` (per-layer weights and buffers).
         ``inputs_embeds`` [B,T,D] replaces the token embeddings (``input_ids`` then only gives
-        the shape), e.g. learned prefix vectors (the LD-Align guide decoder)."""
+        the shape), e.g. learned prefix vectors (the LD-Align guide decoder).
+        ``return_kv``: return ``(h, PrefixKV)`` of these rows instead; ``prefix``: the rows
+        continue those prefixes (attend to them, positions after them)."""
         cfg = self.cfg
         B, T = input_ids.shape
         mask_bt = (jnp.ones((B, T), bool) if attention_mask is None
                    else attention_mask.astype(bool))
+        past = cache if cache is not None else prefix
         if positions is None:
-            base = 0 if cache is None else jnp.sum(cache.valid_bs, axis=1, dtype=jnp.int32)[:, None]
+            base = 0 if past is None else jnp.sum(past.valid_bs, axis=1, dtype=jnp.int32)[:, None]
             positions = base + jnp.maximum(jnp.cumsum(mask_bt, axis=1, dtype=jnp.int32) - 1, 0)
         positions = positions.astype(jnp.int32)
 
-        if cache is None:
+        if cache is None and prefix is None:
             key_valid, key_pos, q_slot = mask_bt, positions, jnp.arange(T)
             k_slot = jnp.arange(T)
+        elif prefix is not None:
+            Lp = prefix.valid_bs.shape[1]
+            key_valid = jnp.concatenate([prefix.valid_bs, mask_bt], axis=1)
+            key_pos = jnp.concatenate([prefix.pos_bs, positions], axis=1)
+            q_slot, k_slot = Lp + jnp.arange(T), jnp.arange(Lp + T)
         else:
             idx = cache.index
             key_valid = jax.lax.dynamic_update_slice(cache.valid_bs, mask_bt, (0, idx))
@@ -191,23 +219,26 @@ class Decoder(nnx.Module):
 
         def body(carry, xs):
             x, ck, cv = carry
-            lp, l, window = xs
+            lp, l, window, past_kv = xs
             mask, (cos, sin) = allowed, ropes[False]
             if mixed:  # per-layer flags from the scanned window array, no Python branching
                 mask = windowed(allowed, dist, window)
                 if ropes[True] is not ropes[False]:
                     cos = jnp.where(window < FAR, ropes[True][0], cos)
                     sin = jnp.where(window < FAR, ropes[True][1], sin)
-            x, ck, cv = _block(cfg, x, lp, l, ck, cv, mask, cos, sin,
-                               None if cache is None else cache.index)
-            return (x, ck, cv), None
+            x, ck, cv, kv = _block(cfg, x, lp, l, ck, cv, mask, cos, sin,
+                                   None if cache is None else cache.index, past_kv)
+            return (x, ck, cv), (kv if return_kv else None)
 
         if cfg.remat:
             body = jax.checkpoint(body, prevent_cse=False)
         ck, cv = (None, None) if cache is None else (cache.k_lbske, cache.v_lbske)
-        xs = (params, jnp.arange(cfg.num_layers), jnp.asarray(windows))
-        (x, ck, cv), _ = jax.lax.scan(body, (x, ck, cv), xs)
+        past_kv = None if prefix is None else (prefix.k_lbske, prefix.v_lbske)
+        xs = (params, jnp.arange(cfg.num_layers), jnp.asarray(windows), past_kv)
+        (x, ck, cv), kv = jax.lax.scan(body, (x, ck, cv), xs)
         x = rms_norm(x, self.final_norm[...], cfg.rms_norm_eps, cfg.norm_offset)
+        if return_kv:
+            return x, PrefixKV(k_lbske=kv[0], v_lbske=kv[1], valid_bs=mask_bt, pos_bs=positions)
         new_cache = None
         if cache is not None:
             new_cache = KVCache(
@@ -230,7 +261,10 @@ def _proj(cfg: DecoderConfig, lp: dict, name: str, x):
     return y
 
 
-def _block(cfg: DecoderConfig, x, lp, layer, ck, cv, allowed_bts, cos, sin, cache_index):
+def _block(cfg: DecoderConfig, x, lp, layer, ck, cv, allowed_bts, cos, sin, cache_index,
+           past_kv=None):
+    """One layer -> (x, ck, cv, (k, v) of these rows). ``past_kv`` [B, Lp, K, E] each: keys and
+    values of the rows' prefixes, attended before the rows' own."""
     B, T, _ = x.shape
     H, K, E = cfg.num_heads, cfg.num_kv_heads, cfg.head_dim
     G = H // K
@@ -242,6 +276,10 @@ def _block(cfg: DecoderConfig, x, lp, layer, ck, cv, allowed_bts, cos, sin, cach
         q, k = rms_norm(q, lp["q_norm"], eps, off), rms_norm(k, lp["k_norm"], eps, off)
     q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
     v = _proj(cfg, lp, "wv", h).reshape(B, T, K, E)
+    own_kv = (k, v)
+    if past_kv is not None:
+        k = jnp.concatenate([past_kv[0].astype(k.dtype), k], axis=1)
+        v = jnp.concatenate([past_kv[1].astype(v.dtype), v], axis=1)
     if cache_index is not None:
         z = jnp.zeros((), jnp.int32)
         ck = jax.lax.dynamic_update_slice(ck, k[None].astype(ck.dtype), (layer, z, cache_index, z, z))
@@ -263,4 +301,4 @@ def _block(cfg: DecoderConfig, x, lp, layer, ck, cv, allowed_bts, cos, sin, cach
     m = _proj(cfg, lp, "w_down", constrain(m, ("batch", "length", "mlp")))
     if cfg.sandwich_norms:
         m = rms_norm(m, lp["mlp_post_norm"], eps, off)
-    return constrain(x + m, ("batch", "length", "embed")), ck, cv
+    return constrain(x + m, ("batch", "length", "embed")), ck, cv, own_kv

@@ -71,7 +71,7 @@ class ScoredDecoder(nnx.Module):
         if prefix is not None:
             from align_jax.models.shared_prefix import continuation
 
-            body = continuation(self.backbone, *prefix, room=input_ids.shape[1])
+            body = continuation(self.backbone, *prefix)
         h_btd, _ = body.hidden_states(input_ids, attention_mask)
         idx = last_token_index(input_ids, attention_mask, self.pad_token_id)
         h_bd = jnp.take_along_axis(h_btd, idx[:, None, None], axis=1)[:, 0]
