@@ -10,10 +10,11 @@ GGUF) exported once to a temp dir, so both sides load identical files. Pairs: th
 preference pairs, repeated to --pairs, tokenised ONCE by the trainer's ``pair_batch`` (chat
 template, max_prompt_len / max_completion_len 64) into the pass's own batches
 (``ap_margins.pair_batches``: length-sorted, padding cropped); both sides get those batches:
-ours what ``compute_avg_logps`` runs (``ap_margins._avg_lp_jit``: each pair's prompt once into a
-KV cache, chosen and rejected continuing it — ``models.shared_prefix`` — where that saves >= 25%
-of the token positions; the LM head on response positions only, as the DPO step does), PyTorch the same concatenated rows → full
-logits → float32 log_softmax → response-token mean. Tokenisation and loading are excluded; ours:
+ours what ``compute_avg_logps`` runs (``ap_margins._avg_lp_jit``: each pair's prompt once,
+chosen and rejected continuing its keys / values — ``models.shared_prefix`` — where that saves
+>= 25% of the token positions; the LM head on response positions only, as the DPO step does;
+the plain pass is timed too), PyTorch the same concatenated rows → full logits → float32
+log_softmax → response-token mean. Tokenisation and loading are excluded; ours:
 first call (compiles) reported apart, steady = median of --repeats; PyTorch: one warm-up, then
 the median.
 Prints the machine's load average: on a shared machine the ratio is noisy.

@@ -8,13 +8,12 @@ Weights: --model (a HF …ForSequenceClassification dir with tokenizer), else Sm
 bundled GGUF's decoder) under a random score head, exported once to a temp dir so both sides load
 identical files. Pairs: the bundled preference prompts with their chosen/rejected responses
 (--k 4: two more answers per prompt from the next pairs, as ALaRM scores K samples of a
-prompt), repeated to --pairs. Both sides get the SAME token batches (ours: `score_ids` sorts by length
-into buckets of --batch-size rows; PyTorch gets those same row groups, right-padded to each
-group's longest), so the ratio measures the model, not the batching. A second row times what
-``rm(prompts, responses)`` runs: each pair's chosen and rejected share the templated prompt's
-tokens, run once per batch (``models.shared_prefix``; the peer runs every row whole, as
-transformers' pipeline does). Loading is excluded;
-ours: first call (compiles) reported apart, steady state = median of --repeats calls; PyTorch:
+prompt), repeated to --pairs. Both sides get the SAME token batches (ours: `score_ids` sorts
+by length into buckets of --batch-size rows; PyTorch gets those same row groups, right-padded
+to each group's longest), so the ratio measures the model, not the batching. A second row
+times what ``rm(prompts, responses)`` runs: the rows of one prompt share its templated tokens,
+run once per batch where that saves >= 25% of the positions (``models.shared_prefix``; the
+peer runs every row whole, as transformers' pipeline does). Loading is excluded; ours: first call (compiles) reported apart, steady state = median of --repeats calls; PyTorch:
 one warm-up call, then the median of --repeats. Tokenisation is excluded on both sides.
 """
 from __future__ import annotations

@@ -16,8 +16,9 @@ scores come back in input order. Right padding with the model's pad id. Rows of 
 (K samples of one question, a pair's chosen and rejected) share the templated prompt's tokens:
 that prefix runs once per batch (``models.shared_prefix``) whenever this runs >= 25% fewer
 padded token positions than the plain batches (``MIN_SAVING``) — e.g. K = 4 samples per
-bundled prompt: 36% fewer; a chosen / rejected pair alone saves 13% and stays plain. With a ``mesh`` the weights are placed by the rules table (as the policy's) and each
-batch is sharded on (data, fsdp); ``batch_size`` is rounded up to a multiple of that.
+bundled prompt: 36% fewer; a chosen / rejected pair alone saves 13% and stays plain. With a
+``mesh`` the weights are placed by the rules table (as the policy's) and each batch is sharded
+on (data, fsdp); ``batch_size`` is rounded up to a multiple of that.
 Multi-host runs keep the plain path.
 """
 
