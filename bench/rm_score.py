@@ -13,8 +13,9 @@ by length into buckets of --batch-size rows; PyTorch gets those same row groups,
 to each group's longest), so the ratio measures the model, not the batching. A second row
 times what ``rm(prompts, responses)`` runs: the rows of one prompt share its templated tokens,
 run once per batch where that saves >= 25% of the positions (``models.shared_prefix``; the
-peer runs every row whole, as transformers' pipeline does). Loading is excluded; ours: first call (compiles) reported apart, steady state = median of --repeats calls; PyTorch:
-one warm-up call, then the median of --repeats. Tokenisation is excluded on both sides.
+peer runs every row whole, as transformers' pipeline does). Loading is excluded; ours: first
+call (compiles) reported apart, steady state = median of --repeats calls; PyTorch: one warm-up
+call, then the median of --repeats. Tokenisation is excluded on both sides.
 """
 from __future__ import annotations
 
