@@ -1,9 +1,9 @@
-"""Shared-prefix forwards (models.shared_prefix): a prefix run once into a KV cache and the rows
-that continue it give the hidden states of the plain forward over prefix + row — on Llama and
-on Gemma 2 (sliding window shorter than the prefix, soft-caps); the host-side split and its
-cost in padded positions on hand-computed cases. The reward-model and implicit-margin paths
-that use it are checked against transformers / the plain pass in test_reward_model.py and
-test_selection.py."""
+"""Shared-prefix forwards (models.shared_prefix): a prefix run once (its keys / values kept)
+and the rows that continue it give the hidden states of the plain forward over prefix + row —
+on Llama and on Gemma 2 (sliding window shorter than the prefix, soft-caps); the host-side
+split and its cost in padded positions on hand-computed cases. The reward-model and
+implicit-margin paths that use it are checked against transformers / the plain pass in
+test_reward_model.py and test_selection.py."""
 import numpy as np
 import pytest
 import transformers

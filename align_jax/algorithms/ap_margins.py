@@ -129,10 +129,11 @@ def compute_avg_logps(model, tokenizer, pairs: Sequence[PreferencePair],
         bar = tqdm(total=len(pairs), desc="implicit margin", unit="pair", dynamic_ncols=True)
     c = np.zeros(len(pairs), np.float32)
     r = np.zeros(len(pairs), np.float32)
+    pad_id = pad_id_of(tokenizer)
     for idx, batch in pair_batches(tokenizer, pairs, tok_cfg, bs):
         # every host tokenised the whole global batch (one T); each places its own share
         if share_prompts is not None:
-            batch = split_pair_batch(batch, share_prompts, pad_id_of(tokenizer)) or batch
+            batch = split_pair_batch(batch, share_prompts, pad_id) or batch
         share = slice(pi * (bs // pc), (pi + 1) * (bs // pc))
         lc, lr = fn(state, place_batch({k: v[share] for k, v in batch.items()}, mesh))
         c[idx], r[idx] = host_array(lc), host_array(lr)  # repeats write the same value again

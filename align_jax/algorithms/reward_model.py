@@ -16,7 +16,8 @@ from flax import nnx
 from align_jax.data.tokenize import pad_id_of, round_up
 from align_jax.losses import RewardLossConfig, RewardPair, get_loss
 from align_jax.models.score_head import ScoredDecoder
-from align_jax.rewards.reward_model import encode_pairs, pad_rows
+from align_jax.data.tokenize import pad_rows
+from align_jax.rewards.reward_model import encode_pairs
 
 
 def add_score_head(policy, tokenizer, seed: int = 0, num_labels: int = 1) -> ScoredDecoder:

@@ -177,6 +177,19 @@ def sequence_length(lengths: Sequence[int], cfg: TokenizeConfig) -> int:
     return round_up(max(lengths, default=1), cfg.pad_multiple)
 
 
+def pad_rows(seqs: Sequence[Sequence[int]], length: int, pad_id: int, rows: int | None = None):
+    """Right-padded (ids, mask) int32 [rows, length]; rows beyond ``len(seqs)`` are one-token
+    dummies (fixed batch shape), whose outputs the caller drops. Shared by the reward-model
+    scorer and trainer and the shared-prefix pass (``models.shared_prefix``)."""
+    rows = rows or len(seqs)
+    ids = np.full((rows, length), pad_id, np.int32)
+    mask = np.zeros((rows, length), np.int32)
+    for r, s in enumerate(seqs):
+        ids[r, :len(s)], mask[r, :len(s)] = s, 1
+    mask[len(seqs):, 0] = 1
+    return ids, mask
+
+
 def collate_prompt_ids(prompt_ids: Sequence[Sequence[int]], pad_id: int,
                        cfg: TokenizeConfig = TokenizeConfig()) -> dict[str, np.ndarray]:
     """Left-pad: ``prompt_ids [B,P]``, ``prompt_mask [B,P]`` (1 on real tokens)."""

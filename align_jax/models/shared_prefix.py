@@ -32,7 +32,7 @@ from typing import Hashable, Sequence
 import jax.numpy as jnp
 import numpy as np
 
-from align_jax.data.tokenize import length_bucket
+from align_jax.data.tokenize import length_bucket, pad_rows
 
 # The least fraction of padded token positions a split must save to be taken. Measured on
 # SmolLM2-135M (2-core CPU): the continuation pass costs ~15% more per position than a plain
@@ -145,16 +145,13 @@ def padded_tokens(split: Split, batches: Sequence[Sequence[int]], batch_rows: in
 def pad_prefixes(split: Split, idx: Sequence[int], batch_rows: int, pad_id: int,
                  shards: int = 1) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(prefix ids, prefix mask) int32 [P, Lp] of the prefixes that rows ``idx`` continue,
-    right-padded (extra rows all padding), and each row's index into them [len(idx)]."""
+    right-padded (``pad_rows``: extra rows are one-token dummies no row continues), and each
+    row's index into them [len(idx)]."""
     pre = list(dict.fromkeys(int(split.row_prefix[i]) for i in idx))
     where = {p: j for j, p in enumerate(pre)}
-    P = prefix_rows(len(pre), batch_rows, shards)
     Lp = length_bucket(max(len(split.prefixes[p]) for p in pre))
-    ids = np.full((P, Lp), pad_id, np.int32)
-    mask = np.zeros((P, Lp), np.int32)
-    for j, p in enumerate(pre):
-        s = split.prefixes[p]
-        ids[j, :len(s)], mask[j, :len(s)] = s, 1
+    ids, mask = pad_rows([split.prefixes[p] for p in pre], Lp, pad_id,
+                         prefix_rows(len(pre), batch_rows, shards))
     return ids, mask, np.array([where[int(split.row_prefix[i])] for i in idx], np.int32)
 
 

@@ -33,7 +33,7 @@ import jax
 import numpy as np
 from flax import nnx
 
-from align_jax.data.tokenize import length_bucket
+from align_jax.data.tokenize import length_bucket, pad_rows
 from align_jax.models.shared_prefix import MIN_SAVING, pad_prefixes, padded_tokens, split_rows
 
 DECODER_TYPES = ("llama", "mistral", "qwen2", "qwen3", "gemma2", "gemma3_text", "phi3")
@@ -58,18 +58,6 @@ def encode_pairs(tokenizer, prompts: Sequence[str], responses: Sequence[str],
     templated = bool(getattr(tokenizer, "chat_template", None))  # the template holds its specials
     ids = tokenizer(texts, add_special_tokens=not templated)["input_ids"]
     return [list(map(int, x[-max_length:] if max_length else x)) for x in ids]
-
-
-def pad_rows(seqs: Sequence[Sequence[int]], length: int, pad_id: int, rows: int | None = None):
-    """Right-padded (ids, mask) int32 [rows, length]; rows beyond ``len(seqs)`` are one-token
-    dummies (fixed batch shape), whose scores the caller drops."""
-    rows = rows or len(seqs)
-    ids = np.full((rows, length), pad_id, np.int32)
-    mask = np.zeros((rows, length), np.int32)
-    for r, s in enumerate(seqs):
-        ids[r, :len(s)], mask[r, :len(s)] = s, 1
-    mask[len(seqs):, 0] = 1
-    return ids, mask
 
 
 class DecoderRewardModel:
