@@ -202,3 +202,20 @@ def test_embedding_cache_is_bounded():
         cache.put((i,), np.zeros((100, 4), np.float32))  # 1600 bytes each; 4800 allowed
     assert len(cache) == 3 and cache.get((0,)) is None and cache.get((4,)) is not None
     assert cache.bytes <= cache.max_bytes
+
+
+def test_cache_sized_batches_give_the_same_scores(encoder, raw_prf):
+    """A memory cap splits the 64 texts into smaller power-of-two batches, a denser ladder pads
+    them less: the same scores (to float32 rounding), and every batch within the cap."""
+    scorer = BERTScorer(encoder=encoder, num_layers=6, batch_mb=0.5, steps_per_octave=16)
+    c = encoder[0].config
+    ids = sorted(scorer.tokenize(CANDS), key=len)
+    chunks = scorer._chunks(ids)
+    assert len(chunks) > 1 and sum(map(len, chunks)) == 64
+    for ch in chunks:
+        T = scorer._bucket(len(ch[-1]))
+        assert T % 8 == 0 and len(ch) & (len(ch) - 1) == 0
+        assert len(ch) * 4 * (T * c.intermediate_size + c.num_heads * T * T) <= 0.5 * 2 ** 20
+    np.testing.assert_allclose(np.stack(scorer.prf(CANDS, REFS)), raw_prf, atol=1e-6, rtol=0)
+    uncapped = BERTScorer(encoder=encoder, num_layers=6, batch_mb=0)
+    assert len(uncapped._chunks(ids)) == 1

@@ -55,13 +55,16 @@ def pow2_bucket(n: int, minimum: int = 16) -> int:
     return max(minimum, 1 << max(0, int(n) - 1).bit_length())
 
 
-def length_bucket(n: int, minimum: int = 16, steps_per_octave: int = 4) -> int:
+def length_bucket(n: int, minimum: int = 16, steps_per_octave: int = 4,
+                  min_step: int = 1) -> int:
     """Smallest length >= n on a ladder of ``steps_per_octave`` even steps per power of two
-    (16, 20, 24, 28, 32, 40, 48, 56, 64, 80, 96, 112, 128, 160, ...): at most 1/steps_per_octave
-    padding where powers of two pad up to 100% (a 70-token text ran as 128, 1.8x the work and
-    3.3x the attention), at the price of a few more compiled shapes per octave."""
+    (16, 20, 24, 28, 32, 40, 48, 56, 64, 80, 96, 112, 128, 160, ...), steps at least
+    ``min_step`` long: at most 1/steps_per_octave padding where powers of two pad up to 100%
+    (a 70-token text ran as 128, 1.8x the work and 3.3x the attention), at the price of a few
+    more compiled shapes per octave (min_step bounds their number at short lengths)."""
     n = max(int(n), int(minimum), 1)
-    step = max(1, (1 << (n - 1).bit_length()) // (2 * max(1, int(steps_per_octave))))
+    step = max(1, int(min_step),
+               (1 << (n - 1).bit_length()) // (2 * max(1, int(steps_per_octave))))
     return round_up(n, step)
 
 

@@ -153,6 +153,16 @@ def _match_kernel(kind, clamp_negative, c_btd, c_mask, c_w, r_bsd, r_mask, r_w):
     return mean_pool_cosine(c_btd, c_mask, r_bsd, r_mask)[None]
 
 
+# On XLA:CPU an encoder batch runs fastest per token while its activations (MLP [rows·T, F],
+# attention scores [rows, H, T, T]) stay within about half the last-level cache: MiniLM at
+# T = 96 cost 160 µs/token in 64-row batches, 79 µs in 16-row ones (AMD EPYC, 32 MB L3), and
+# the RefAlign-shaped BERTScore bench ran 1.7× faster (bench/RESULTS.md). A denser length
+# ladder pads less (bert-score pads to each batch's longest text); its steps stay >= 8 tokens
+# (few compiled shapes for short texts).
+CPU_BATCH_MB = 8.0
+CPU_STEPS_PER_OCTAVE = 16
+
+
 class EmbeddingCache:
     """Bounded LRU of per-text token embeddings ([len, D] float32 host arrays), keyed by the
     token ids (one cache belongs to one encoder and layer: its scorer). ``max_mb=0`` = off."""
@@ -200,7 +210,8 @@ class _EncoderScorer:
                  precision: Any = "highest", mesh: jax.sharding.Mesh | None = None,
                  batch_axes: Sequence[str] = ("data", "fsdp"),
                  special_tokens: Iterable[str] = (), strip: bool = True,
-                 cache_mb: float = 256.0):
+                 cache_mb: float = 256.0, batch_mb: float | None = None,
+                 steps_per_octave: int | None = None):
         # precision="highest": rewards are differences of scores ~1e-2 apart, so TPU/GPU
         # default bf16/TF32 matmul passes would be visible; pass None to use jax's default.
         # compute_dtype/precision only apply when the encoder is loaded here (encoder=None).
@@ -223,6 +234,16 @@ class _EncoderScorer:
                                sorted(b for b in length_buckets if b < self.max_length)
                                + [self.max_length])
         self.batch_size = int(batch_size)
+        # batch_mb: cap on one encoder batch's largest activations (MLP [rows, T, F] plus
+        # attention scores [rows, H, T, T], float32), in MiB; None = CPU_BATCH_MB on a CPU
+        # backend, no cap elsewhere (0 = none). steps_per_octave: the length ladder's density
+        # (data.tokenize.length_bucket); None = CPU_STEPS_PER_OCTAVE on CPU, 4 elsewhere. Both
+        # only reshape the batches: the scores agree to float32 rounding (tested).
+        on_cpu = jax.default_backend() == "cpu"
+        self.batch_mb = float(batch_mb if batch_mb is not None else CPU_BATCH_MB if on_cpu
+                              else 0)
+        self.steps_per_octave = (int(steps_per_octave) if steps_per_octave is not None
+                                 else CPU_STEPS_PER_OCTAVE if on_cpu else 4)
         self.special_tokens = tuple(special_tokens)
         self.strip = strip
         self.mesh = mesh
@@ -303,7 +324,8 @@ class _EncoderScorer:
 
     def _bucket(self, longest: int) -> int:
         if self.length_buckets is None:
-            return min(length_bucket(longest), self.max_length)
+            return min(length_bucket(longest, steps_per_octave=self.steps_per_octave,
+                                     min_step=8), self.max_length)
         return next(b for b in self.length_buckets if b >= longest)
 
     def _match_bucket(self, longest: int) -> int:
@@ -326,9 +348,7 @@ class _EncoderScorer:
                  if (h := (cache.get(k) if cache is not None else None)) is not None}
         todo = sorted((k for k in dict.fromkeys(keys) if k not in found), key=len)
         pad_id = self.tokenizer.pad_token_id or 0
-        for s in range(0, self._agreed(-(-len(todo) // self.batch_size)) * self.batch_size,
-                       self.batch_size):
-            chunk = todo[s:s + self.batch_size]  # multi-host: empty past this process's texts
+        for chunk in self._chunks(todo):
             T, B = self._agreed(self._bucket(len(chunk[-1]) if chunk else 1),
                                 self._rows(len(chunk)))
             ids = np.full((B, T), pad_id, np.int32)
@@ -345,6 +365,28 @@ class _EncoderScorer:
                 if cache is not None:
                     cache.put(k, found[k])
         return [found[k] for k in keys]
+
+    def _chunks(self, todo: list) -> list[list]:
+        """Consecutive batches of the length-sorted texts: <= batch_size rows and, under a
+        memory cap, activations <= batch_mb (rows a power of two). Multi-host: fixed
+        batch_size chunks, the same trip count on every process (past its texts: empty)."""
+        if self._multihost or not self.batch_mb:
+            n = self._agreed(-(-len(todo) // self.batch_size))
+            return [todo[s:s + self.batch_size] for s in range(0, n * self.batch_size,
+                                                                   self.batch_size)]
+        c = self.encoder.config
+        row_bytes = lambda T: 4 * (T * c.intermediate_size + c.num_heads * T * T)
+        out, s = [], 0
+        while s < len(todo):
+            rows = self.batch_size
+            while True:  # the longest text of the candidate chunk sets its padded length
+                T = self._bucket(len(todo[min(s + rows, len(todo)) - 1]))
+                if rows == 1 or rows * row_bytes(T) <= self.batch_mb * 2**20:
+                    break
+                rows = pow2_bucket(rows // 2, 1)
+            out.append(todo[s:s + rows])
+            s += rows
+        return out
 
     def _match(self, c_h, r_h, c_w, r_w):
         n, D = len(c_h), self.encoder.config.hidden_size
