@@ -37,6 +37,7 @@ import numpy as np  # noqa: E402
 from align_jax import experiment as ex  # noqa: E402
 from align_jax.algorithms.refalign_eval import generate_answers  # noqa: E402
 from align_jax.algorithms.sft import SFTConfig  # noqa: E402
+from align_jax.algorithms.span_credit import SpanCreditObjective  # noqa: E402
 from align_jax.cli import parse_overrides, run_main  # noqa: E402
 from align_jax.errors import ConfigError  # noqa: E402
 from align_jax.data import as_record  # noqa: E402
@@ -57,6 +58,9 @@ class Config(ex.OnlineExperiment):
     # "surely right, 100%"; with alpha=2 and no correctness term the policy learnt to answer
     # wrongly at 0% (accuracy 0.46 -> 0.00). Being right must pay more: correct_weight >= alpha.
     correct_weight: float = 2.0  # weight of the judged correctness (0/1) in the reward
+    # Why split credit and a level baseline: docs/methods.md, "Confidence variant".
+    credit: str = "split"  # split: calibration → statement tokens, rest → answer | sequence: all
+    calibration_baseline: str = "level"  # brier: level (other samples' level, own answer) | prompt
     sft: SFTConfig = SFTConfig(steps=12, batch_size=8)  # format warm-up (format_warm_up)
     warm_up_answers: str = "own"  # warm-up answers: own (the policy's greedy ones) | reference
     missing_penalty: float = -1.0  # calibration reward of a sample with no parsable confidence
@@ -67,6 +71,20 @@ class Config(ex.OnlineExperiment):
     def __post_init__(self):  # a typo fails when the config is built, before any model loads
         one_of("reward_form", self.reward_form, conf.CALIBRATION_TERMS)
         one_of("warm_up_answers", self.warm_up_answers, ("own", "reference"))
+        one_of("credit", self.credit, ("split", "sequence"))
+        one_of("calibration_baseline", self.calibration_baseline, ("level", "prompt"))
+
+    def calibration_components(self) -> tuple[str, ...]:
+        """The reward components that judge the confidence statement (span credit's tail)."""
+        return ((self.reward_form, LEVEL_ADVANTAGE) if self.level_baseline
+                else (self.reward_form,))
+
+    @property
+    def level_baseline(self) -> bool:
+        return self.reward_form == "brier" and self.calibration_baseline == "level"
+
+
+LEVEL_ADVANTAGE = "brier_vs_level"  # component: already an advantage (its estimator is "none")
 
 
 def one_of(key: str, value: str, allowed: tuple[str, ...]) -> None:
@@ -108,10 +126,13 @@ def with_instruction(rec: dict) -> dict:
 
 
 def confidence_reward(similarity, k: int, alpha: float, missing_penalty: float,
-                      form: str = "brier", correct_weight: float = 0.0) -> compose.RewardFn:
+                      form: str = "brier", correct_weight: float = 0.0,
+                      level_baseline: bool = False) -> compose.RewardFn:
     """quality = S(answer without the confidence line, reference); + α·calibration, where
     calibration is ``brier`` (−(c − correct)², correct judged as in the evaluation) or
-    ``order`` (confidences ordered like quality over each prompt's K samples)."""
+    ``order`` (confidences ordered like quality over each prompt's K samples). With
+    ``level_baseline`` the Brier term is kept for the logs only (weight 0) and α weighs
+    LEVEL_ADVANTAGE, its advantage over the other samples' levels on the same answer."""
     one_of("reward_form", form, conf.CALIBRATION_TERMS)
 
     def fn(prompts, responses, records):
@@ -126,6 +147,10 @@ def confidence_reward(similarity, k: int, alpha: float, missing_penalty: float,
             term = conf.order_reward(q.reshape(-1, k), c.reshape(-1, k),
                                      missing_penalty).reshape(-1)
         out = {"quality": (q, 1.0), form: (term, alpha)}
+        if form == "brier" and level_baseline:
+            adv = conf.brier_level_advantage(c.reshape(-1, k), y.reshape(-1, k), missing_penalty)
+            out = {"quality": (q, 1.0), form: (term, 0.0),
+                   LEVEL_ADVANTAGE: (adv.reshape(-1), alpha)}
         if correct_weight:
             out["correct"] = (y, correct_weight)
         return out
@@ -156,13 +181,17 @@ def calibration_eval(policy, tokenizer, records, similarity, max_new_tokens, mes
 def main(argv: list[str]) -> dict:
     cfg = parse_overrides(Config(), argv)
     check_config(cfg)
+    if cfg.level_baseline:  # the component is an advantage already: no second baseline
+        cfg = dataclasses.replace(cfg, objective=dataclasses.replace(
+            cfg.objective, component_advantage=(*cfg.objective.component_advantage,
+                                                f"{LEVEL_ADVANTAGE}:none")))
     mesh = ex.mesh_of(cfg)
     run_dir = ex.open_run("refalign_confidence", cfg)
 
     policy, tokenizer = load_causal_lm(cfg.model, dtype=cfg.dtype, mesh=mesh)
     similarity = compose.similarity_scorer(cfg.similarity, tokenizer, cfg.encoder, mesh=mesh)
     reward_fn = confidence_reward(similarity, cfg.objective.k, cfg.alpha, cfg.missing_penalty,
-                                  cfg.reward_form, cfg.correct_weight)
+                                  cfg.reward_form, cfg.correct_weight, cfg.level_baseline)
 
     train, evals = ex.load_splits("confidence_qa", cfg.data, cfg.data_format,
                                   skip_bad_records=cfg.skip_bad_records,
@@ -177,9 +206,14 @@ def main(argv: list[str]) -> dict:
     answers = (own_answers(policy, tokenizer, train, cfg.sampling.max_new_tokens, mesh,
                            run_dir / "warm_up_answers.json")
                if cfg.sft.steps and cfg.warm_up_answers == "own" else None)
+    objective = (SpanCreditObjective(cfg.objective, tokenizer,
+                                     span_components=cfg.calibration_components(),
+                                     span_start=conf.answer_end)
+                 if cfg.credit == "split" else None)  # None: the loop's sequence-level REINFORCE
     before, policy, after = ex.train_between_evals(
         cfg, run_dir, policy, tokenizer, train, reward_fn, held_out, mesh=mesh,
-        label="refalign_confidence", sft_records=format_warm_up(train, cfg.loop.seed, answers))
+        label="refalign_confidence", sft_records=format_warm_up(train, cfg.loop.seed, answers),
+        objective=objective)
     # ---- calibration on the answers parsed both before and after; reliability diagram
     (cb, yb), (ca, ya) = (judged(evals, e["answers"]) for e in (before, after))
     both_b, both_a = conf.paired_calibration(cb, yb, ca, ya)

@@ -103,7 +103,8 @@ def reinforce_loss(
     ref_logps_bt: Array | None = None,
     kl_coef: float = 0.0,
 ) -> tuple[Array, dict[str, tuple[Array, Array]]]:
-    """Token-level masked mean of −A·log π (advantage broadcast to every response token).
+    """Token-level masked mean of −A·log π (a per-sample advantage ``adv_b`` [B] is broadcast
+    to every response token; [B, T] gives each token its own).
 
     * ``old_logps_bt`` given: importance ratio ρ = exp(logp − old) replaces log π (its gradient at
       ρ=1 is the REINFORCE gradient); with ``clip_ratio`` ε the PPO pessimistic objective
@@ -116,7 +117,8 @@ def reinforce_loss(
     mf = m.astype(logps_bt.dtype)
     count = mf.sum()
     denom = jnp.maximum(count, 1.0)
-    a = jax.lax.stop_gradient(adv_b).astype(logps_bt.dtype)[:, None]
+    a = jax.lax.stop_gradient(adv_b).astype(logps_bt.dtype)
+    a = a if a.ndim == 2 else a[:, None]  # [B] per sample, or [B, T] per token
     zero = jnp.zeros((), logps_bt.dtype)
     metrics: dict[str, tuple[Array, Array]] = {}
     if old_logps_bt is None:
@@ -140,6 +142,10 @@ def reinforce_loss(
             loss = loss + kl_coef * kl_sum / denom
         metrics["pg/kl"] = (jax.lax.stop_gradient(kl_sum), count)
     adv = jax.lax.stop_gradient(adv_b)
-    metrics["pg/advantage"] = (adv.sum(), jnp.asarray(adv.size, adv.dtype))
-    metrics["pg/abs_advantage"] = (jnp.abs(adv).sum(), jnp.asarray(adv.size, adv.dtype))
+    if adv.ndim == 2:  # per token: averaged over response tokens
+        adv, n_adv = jnp.where(m, adv, 0.0), count
+    else:
+        n_adv = jnp.asarray(adv.size, adv.dtype)
+    metrics["pg/advantage"] = (adv.sum(), n_adv)
+    metrics["pg/abs_advantage"] = (jnp.abs(adv).sum(), n_adv)
     return loss, metrics

@@ -70,16 +70,24 @@ def parse_confidence(text: str) -> float | None:
     return float(max(found)[1])
 
 
+def answer_end(text: str) -> int | None:
+    """Character offset where the answer part ends and the confidence statement begins (a
+    dangling "I'm" / "with" before it belongs to the statement); None when nothing in the text
+    mentions a confidence."""
+    starts = [m.start() for pat in (_CONF_FIRST, _NUM_FIRST, _WORD) for m in pat.finditer(text)]
+    starts += [m.start() for m in re.finditer(r"confiden\w*", text, re.I)][:1]
+    if not starts:
+        return None
+    head = text[:min(starts)].rstrip()
+    return len(re.sub(r"\b(?:i'?m|i’m|i am|with|and|my)$", "", head, flags=re.I).rstrip())
+
+
 def strip_confidence(text: str) -> str:
     """The answer part without the confidence statement (what quality and correctness are
     scored on): the text before the first confidence mention, without a dangling "I'm" /
     "with" ("63 - 20 = 43. I'm 99.9% confident" → "63 - 20 = 43.")."""
-    starts = [m.start() for pat in (_CONF_FIRST, _NUM_FIRST, _WORD) for m in pat.finditer(text)]
-    starts += [m.start() for m in re.finditer(r"confiden\w*", text, re.I)][:1]
-    if not starts:
-        return text.strip()
-    head = text[:min(starts)].rstrip()
-    return re.sub(r"\b(?:i'?m|i’m|i am|with|and|my)$", "", head, flags=re.I).strip()
+    end = answer_end(text)
+    return (text if end is None else text[:end]).strip()
 
 
 def order_reward(quality_pk: np.ndarray, conf_pk: np.ndarray, missing_penalty: float = -1.0):
@@ -110,6 +118,28 @@ def brier_reward(conf_pk: np.ndarray, correct_pk: np.ndarray, missing_penalty: f
     y = np.asarray(correct_pk, np.float64)
     r = -((np.where(np.isnan(c), 0.0, c) - y) ** 2)
     return np.where(np.isnan(c), missing_penalty, r).astype(np.float32)
+
+
+def brier_level_advantage(conf_pk: np.ndarray, correct_pk: np.ndarray,
+                          missing_penalty: float = -1.0) -> np.ndarray:
+    """[P, K] confidences (NaN = missing) and correctness -> [P, K] advantages of each sample's
+    stated level over the level the prompt's OTHER samples stated, both scored on the sample's
+    own answer: B(c_k, y_k) − B(c̄_−k, y_k), B = −(c − y)², c̄_−k = the mean parsed confidence of
+    the other samples (0.5 when none has one); a missing confidence scores ``missing_penalty``.
+
+    Why: the statement comes after the answer, so y_k is fixed before the level is chosen and a
+    baseline that depends on y_k (not on c_k) keeps REINFORCE unbiased. The prompt-mean baseline
+    compares B(c_k, y_k) with B(c_j, y_j): a wrong answer stated at 2% then beats a right one at
+    80% (advantage +0.02) — the other sample's correctness is noise on the level's gradient.
+    Here a right answer favours a level above c̄, a wrong one a level below, on every sample."""
+    c = np.asarray(conf_pk, np.float64)
+    y = np.asarray(correct_pk, np.float64)
+    parsed = ~np.isnan(c)
+    c0 = np.where(parsed, c, 0.0)
+    n_other = parsed.sum(1, keepdims=True) - parsed
+    s_other = c0.sum(1, keepdims=True) - c0
+    c_bar = np.where(n_other > 0, s_other / np.maximum(n_other, 1), 0.5)
+    return (brier_reward(c, y, missing_penalty) + (c_bar - y) ** 2).astype(np.float32)
 
 
 CALIBRATION_TERMS = ("brier", "order")  # `reward_form` of experiments/refalign_confidence.py
