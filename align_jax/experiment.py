@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any, Callable, ClassVar, Sequence
 
 from align_jax import sharding
-from align_jax.algorithms.online_loop import OnlineLoopConfig, train_online
+from align_jax.algorithms.online_loop import OnlineLoopConfig, balance_groups, train_online
 from align_jax.algorithms.preference import (TrainConfig, attach_reference, load_policy,
                                              train_preference)
 from align_jax.algorithms.refalign import RefAlignConfig
@@ -171,6 +171,7 @@ def train_between_evals(cfg: OnlineExperiment, run_dir: Path, policy, tokenizer,
     the run resumes), the supervised warm-up if ``cfg.sft.steps`` (in ``<run>/sft``, evaluated
     into ``eval_sft.json``; on ``sft_records``, default ``records``), the on-policy training in
     the one loop, the evaluation of the result."""
+    balance_groups(records, cfg.loop.balance_by)  # a field no record has fails before any work
     before = evaluate_before(run_dir, lambda: held_out(policy))
     if cfg.sft.steps:
         policy = warm_up(policy, tokenizer, records if sft_records is None else sft_records,

@@ -162,3 +162,17 @@ def test_confidence_reward_with_the_level_baseline():
     assert cfg.level_baseline and cfg.calibration_components() == ("brier", mod.LEVEL_ADVANTAGE)
     assert mod.Config(calibration_baseline="prompt").calibration_components() == ("brier",)
     assert mod.Config(reward_form="order").calibration_components() == ("order",)
+
+
+def test_balance_by_a_missing_field_fails_before_any_work():
+    """train_between_evals checks the field before the held-out evaluation and the warm-up."""
+    from types import SimpleNamespace
+
+    from align_jax.experiment import train_between_evals
+
+    cfg = SimpleNamespace(loop=SimpleNamespace(balance_by="topic"))
+    calls = []
+    with pytest.raises(ConfigError, match="balance_by='topic': no training record has that field"):
+        train_between_evals(cfg, None, None, None, [{"prompt": "q"}], None,
+                            lambda m: calls.append(m), label="x")
+    assert calls == []

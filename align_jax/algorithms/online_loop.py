@@ -43,6 +43,17 @@ class OnlineLoopConfig(LoopConfig):
     balance_by: str | None = None  # record field (e.g. "category"): batches take its values in turn
 
 
+def balance_groups(records, balance_by: str | None) -> list | None:
+    """Each record's ``balance_by`` value (None when off); a field no record has is a
+    ConfigError (callers check before any costly work: the experiments before the warm-up)."""
+    if not balance_by:
+        return None
+    groups = [as_record(r).get(balance_by) for r in records]
+    if all(g is None for g in groups):
+        raise ConfigError(f"balance_by={balance_by!r}: no training record has that field")
+    return groups
+
+
 class RolloutSource:
     """Batch source of the on-policy methods: each step samples K responses for the next prompts
     with the CURRENT policy, scores them (``reward_fn``) and lets the objective turn them into a
@@ -50,9 +61,7 @@ class RolloutSource:
 
     def __init__(self, records, tokenizer, reward_fn, objective, bundle, rcfg, sampling,
                  loop: OnlineLoopConfig, init_params, mesh=None):
-        groups = [r.get(loop.balance_by) for r in records] if loop.balance_by else None
-        if groups is not None and all(g is None for g in groups):
-            raise ConfigError(f"balance_by={loop.balance_by!r}: no training record has that field")
+        groups = balance_groups(records, loop.balance_by)
         self.loader = DataLoader(records, loop.prompts_per_step, seed=loop.seed, shuffle=True,
                                  groups=groups)
         self.tokenizer, self.reward_fn, self.objective = tokenizer, reward_fn, objective
