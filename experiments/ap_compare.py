@@ -119,7 +119,8 @@ def main(argv: list[str]) -> dict:
                                       chunk_size=cfg.chunk_size, cache_dir=cfg.cache_dir)
     m_im = res.arrays["margin_implicit"].astype(np.float64)
     subsets = apx.selector_subsets(m_ex, m_im, cfg.selectors, cfg.top, w=cfg.w, seed=cfg.train.seed)
-    report.write_json(run_dir / "subsets.json", {"pool": len(pairs), "explicit": explicit,
+    # "explicit_margin", not "explicit": that is also a selector's name (it overwrote the source)
+    report.write_json(run_dir / "subsets.json", {"pool": len(pairs), "explicit_margin": explicit,
                                                  **{s: idx.tolist() for s, idx in subsets.items()}})
     print(f"[align_jax] {len(pairs)} pairs in the pool, {len(next(iter(subsets.values())))} per "
           f"selector; {len(prompts)} held-out prompts")

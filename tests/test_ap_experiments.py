@@ -125,7 +125,7 @@ def test_ap_compare_tiny_end_to_end_and_resume(tiny_dirs, run_env, tmp_path):
             f"out_dir={out}", *TINY_TRAIN]
     start(args, run_env)
     subsets = json.loads((out / "subsets.json").read_text())
-    assert subsets["pool"] == 18
+    assert subsets["pool"] == 18 and subsets["explicit_margin"] == "sim:rouge_l"
     assert len(subsets["ap"]) == len(subsets["random"]) == selection.num_selected(18, 0.25) == 5
     initial = json.loads((out / "initial.json").read_text())
     assert len(initial["prompts"]) == 2 == len(initial["rewards"])
