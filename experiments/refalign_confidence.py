@@ -67,6 +67,9 @@ class Config(ex.OnlineExperiment):
     # Why split credit and a level baseline: docs/methods.md, "Confidence variant".
     credit: str = "split"  # split: calibration → statement tokens, rest → answer | sequence: all
     calibration_baseline: str = "level"  # brier: level (other samples' level, own answer) | prompt
+    # split credit, the statement's first token (it ends the answer): both | answer (only the
+    # answer's terms: the level is stated by the tokens after it)
+    first_token: str = "both"
     sft: SFTConfig = SFTConfig(steps=12, batch_size=8)  # format warm-up (format_warm_up)
     warm_up_answers: str = "own"  # warm-up answers: own (the policy's greedy ones) | reference
     missing_penalty: float = -1.0  # calibration reward of a sample with no parsable confidence
@@ -87,6 +90,7 @@ class Config(ex.OnlineExperiment):
         one_of("warm_up_answers", self.warm_up_answers, ("own", "reference"))
         one_of("credit", self.credit, ("split", "sequence"))
         one_of("calibration_baseline", self.calibration_baseline, ("level", "prompt"))
+        one_of("first_token", self.first_token, ("both", "answer"))
 
     def calibration_components(self) -> tuple[str, ...]:
         """The reward components that judge the confidence statement (span credit's tail)."""
@@ -222,7 +226,8 @@ def main(argv: list[str]) -> dict:
                if cfg.sft.steps and cfg.warm_up_answers == "own" else None)
     objective = (SpanCreditObjective(cfg.objective, tokenizer,
                                      span_components=cfg.calibration_components(),
-                                     span_start=conf.answer_end)
+                                     span_start=conf.answer_end,
+                                     first_token="both" if cfg.first_token == "both" else "head")
                  if cfg.credit == "split" else None)  # None: the loop's sequence-level REINFORCE
     before, policy, after = ex.train_between_evals(
         cfg, run_dir, policy, tokenizer, train, reward_fn, held_out, mesh=mesh,

@@ -96,6 +96,30 @@ def test_span_credit_advantages_hand_computed():
         SpanCreditObjective(RefAlignConfig(k=2), t, ("order",), C.answer_end).make_batch(ro, comps)
 
 
+def test_span_credit_first_token_head_only():
+    """first_token="head": the token that ends the answer gets the answer's terms only, so a
+    well-judged level stated after a wrong (e.g. cut-short) answer cannot pay for ending it
+    there; the level's tokens get the calibration term only; an answer-less statement's first
+    token still carries the answer's penalty."""
+    t = tok()
+    obj = SpanCreditObjective(RefAlignConfig(k=2), t, ("brier",), C.answer_end, first_token="head")
+    ro = _rollout(t, ["Paris. Confidence: 80% </s>", "Rome. Confidence: 20% </s>"])
+    comps = {"correct": (np.array([1.0, 0.0]), 2.0), "brier": (np.array([-0.04, -0.04]), 2.0)}
+    adv = obj.make_batch(ro, comps)[0]["adv"][:, 1:]
+    np.testing.assert_allclose(adv[0, :4], [1.0, 1.0, 0.0, 0.0], atol=1e-6)
+    np.testing.assert_allclose(adv[1, :4], [-1.0, -1.0, 0.0, 0.0], atol=1e-6)
+    # wrong answer at a low level (tail +), right one at a high level: the tail stays on the level
+    comps = {"correct": (np.array([1.0, 0.0]), 2.0), "brier": (np.array([-0.04, -0.0]), 2.0)}
+    adv = obj.make_batch(ro, comps)[0]["adv"][:, 1:]
+    np.testing.assert_allclose(adv[1, :4], [-1.0, -1.0, 0.04, 0.04], atol=1e-6)
+    ro = _rollout(t, ["Confidence: 20% </s>", "Paris. Confidence: 80% </s>"])
+    comps = {"correct": (np.array([0.0, 1.0]), 2.0), "brier": (np.array([-0.04, -0.04]), 2.0)}
+    adv = obj.make_batch(ro, comps)[0]["adv"][:, 1:]
+    np.testing.assert_allclose(adv[0, :3], [-1.0, 0.0, 0.0], atol=1e-6)
+    with pytest.raises(ConfigError, match="first_token='answer'"):
+        SpanCreditObjective(RefAlignConfig(k=2), t, ("brier",), C.answer_end, first_token="answer")
+
+
 def test_per_token_advantage_equals_per_sample_when_constant():
     """reinforce_loss with a [B, T] advantage that is constant over each row's tokens equals the
     [B] form in value and gradient (with and without the importance ratio); a token with zero
@@ -124,6 +148,8 @@ def test_confidence_experiment_credit_knob():
     assert mod.Config().credit == "split"
     with pytest.raises(ConfigError, match="credit='tokens'"):
         mod.Config(credit="tokens")
+    with pytest.raises(ConfigError, match="first_token='head'"):
+        mod.Config(first_token="head")  # the experiment's names: both | answer
 
 
 def test_brier_level_advantage_hand_computed():

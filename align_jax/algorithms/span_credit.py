@@ -16,7 +16,10 @@ it only the others' (each component's advantage over its prompt's K samples, as 
 ``refalign.compute_advantages``). The span's FIRST token gets both: starting the statement is
 what ends the answer, so it decides the answer's reward too — without that, a response that is
 only "Confidence: 2%" (no answer: wrong, but at a low level the best Brier value) escaped the
-answer's penalty and spread within three steps. A response with no span (``span_start`` None)
+answer's penalty and spread within three steps. With ``first_token="head"`` that token gets
+the others' advantage only: the level is stated by the tokens after it, and a well-judged low
+level after a wrong (e.g. cut-short) answer then cannot pay for ending the answer there.
+A response with no span (``span_start`` None)
 credits every token with all components, as the sequence-level update does.
 """
 
@@ -73,6 +76,12 @@ class SpanCreditObjective:
     tokenizer: Any
     span_components: tuple[str, ...]
     span_start: Callable[[str], int | None]
+    # the span's first token: "both" (head + span components) | "head" (the others only)
+    first_token: str = "both"
+
+    def __post_init__(self):
+        if self.first_token not in ("both", "head"):
+            raise ConfigError(f"first_token={self.first_token!r}: expected 'both' or 'head'")
 
     def make_loss_fn(self):
         return ra.make_loss_fn(self.cfg)
@@ -90,7 +99,10 @@ class SpanCreditObjective:
                                         self.cfg.k, self.cfg)
         span, first, has = span_masks(self.tokenizer, ro, self.span_start)
         mask = np.asarray(ro.out.mask, np.float32)
-        adv_rn = np.where(span > 0, tail[:, None], head[:, None]) + first * head[:, None]
+        if self.first_token == "both":
+            adv_rn = np.where(span > 0, tail[:, None], head[:, None]) + first * head[:, None]
+        else:  # the first span token belongs to the head: only the tokens after it get the tail
+            adv_rn = np.where((span > 0) & (first == 0), tail[:, None], head[:, None])
         adv_rn = np.where(has[:, None], adv_rn, (head + tail)[:, None]) * mask
         batch = ra.train_batch(ro.out, np.zeros(mask.shape[0], np.float32))
         batch["adv"] = shift_to_train_layout(adv_rn, np.asarray(ro.out.prompt_ids).shape[1])
