@@ -19,8 +19,8 @@ only "Confidence: 2%" (no answer: wrong, but at a low level the best Brier value
 answer's penalty and spread within three steps. With ``first_token="head"`` that token gets
 the others' advantage only: the level is stated by the tokens after it, and a well-judged low
 level after a wrong (e.g. cut-short) answer then cannot pay for ending the answer there.
-A response with no span (``span_start`` None)
-credits every token with all components, as the sequence-level update does.
+A response with no span (``span_start`` None) credits every token with all components, as the
+sequence-level update does.
 """
 
 from __future__ import annotations
