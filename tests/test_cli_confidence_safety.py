@@ -83,6 +83,11 @@ def test_brier_reward_hand_computed():
                                atol=1e-6)
     assert C.is_correct("Paris.", "The capital is paris. Confidence: 90%")
     assert not C.is_correct("34", "It is 43. I'm 34% confident")  # the confidence is not the answer
+    # whole words: not a digit of another number, not a letter of a word
+    assert not C.is_correct("2", "30 - 28 = 28.") and C.is_correct("2", "30 - 28 = 2.")
+    assert not C.is_correct("C", "The symbol is Ca.") and C.is_correct("C", "It is C.")
+    assert C.is_correct("Washington, D.C.", "It is Washington, D.C. Confidence: 80%")
+    assert C.is_correct("Brasília", "A capital do Brasil é Brasília.")
 
 
 def test_confidence_experiment_reward_components():

@@ -1,6 +1,7 @@
 """Bundled datasets: load by name, promised sizes/splits, safety invariants, arithmetic answers
 checked by evaluation, and the shipped files are exactly the generator's output."""
 import re
+from collections import Counter
 
 import pytest
 
@@ -15,9 +16,10 @@ from align_jax.data import (
 )
 from align_jax.data.bundled._safety_source import SELF_HARM_UNSAFE, UNSAFE_TEMPLATES
 from align_jax.data.bundled.generate import write_all
+from align_jax.rewards.confidence import is_correct
 
 SIZES = {"safety": (200, 260), "preference": (190, 220), "ranked": (95, 110),
-         "confidence_qa": (140, 170), "kto": (140, 170)}
+         "confidence_qa": (240, 270), "kto": (140, 170)}
 TYPES = {"safety": PromptReference, "preference": PreferencePair, "ranked": RankedList,
          "confidence_qa": PromptReference, "kto": UnpairedExample}
 
@@ -29,8 +31,8 @@ def test_loads_with_promised_size_and_splits(name):
     assert lo <= len(data) <= hi and all(isinstance(x, TYPES[name]) for x in data)
     n_eval = len(load_bundled(name, split="eval"))
     assert len(load_bundled(name, split="train")) + n_eval == len(data)
-    # ~85/15; confidence_qa holds one in three out (AUROC / ECE need more than 21 answers)
-    lo, hi = (0.30, 0.36) if name == "confidence_qa" else (0.10, 0.20)
+    # ~85/15; confidence_qa holds 150 of 252 out (an AUROC on 50 answers spanned ±0.15)
+    lo, hi = (0.58, 0.61) if name == "confidence_qa" else (0.10, 0.20)
     assert lo <= n_eval / len(data) <= hi
     if name != "kto":  # kto holds each prompt twice (desirable + undesirable)
         assert len({str(x.prompt) for x in data}) == len(data), "duplicate prompts"
@@ -77,6 +79,16 @@ def test_arithmetic_answers_are_correct():
             c = _arith(p.prompt)
             assert p.chosen.rstrip(".").endswith(f" {c}")
             assert not p.rejected.rstrip(".").endswith(f" {c}")
+
+
+def test_confidence_held_out_is_balanced_and_judgeable():
+    held = load_bundled("confidence_qa", split="eval")
+    assert Counter(x.meta["topic"] for x in held) == {"arithmetic": 50, "capitals": 50,
+                                                     "science": 50}
+    # correctness is the reference inside the answer: one inside its own question (an answer
+    # that repeats the question) would always be judged right
+    assert not [x.prompt for x in load_bundled("confidence_qa")
+                if is_correct(x.reference, str(x.prompt))]
 
 
 def test_ranked_and_kto_structure():

@@ -146,8 +146,11 @@ CALIBRATION_TERMS = ("brier", "order")  # `reward_form` of experiments/refalign_
 
 
 def is_correct(reference: str, answer: str) -> bool:
-    """The reference (case-folded, trailing period dropped) inside the answer part."""
-    return reference.lower().strip(" .") in strip_confidence(answer).lower()
+    """The reference (case-folded, trailing period dropped) inside the answer part, as whole
+    words: a plain substring test judged "30 - 28 = 28" right for "2" and anything with a "c"
+    right for "C" (carbon)."""
+    ref = re.escape(reference.lower().strip(" ."))
+    return re.search(rf"(?<!\w){ref}(?!\w)", strip_confidence(answer).lower()) is not None
 
 
 def confidence_reward(quality_pk, conf_pk, alpha: float = 1.0, missing_penalty: float = -1.0):

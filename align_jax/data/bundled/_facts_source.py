@@ -102,3 +102,58 @@ SCIENCE = [
     ("What is the chemical symbol for silver?", "Ag", "Si"),
     ("Which planet is closest to the Sun?", "Mercury", "Neptune"),
 ]
+
+# Held-out only (confidence_qa's eval split, nothing else): 50 answers per AUROC left a 95%
+# interval of about ±0.15, so one seed's figure was decided by which questions it held. Kept
+# apart from CAPITALS / SCIENCE, which also build preference / ranked / kto. Answers are found
+# as whole words (``rewards.confidence.is_correct``): none is inside its own question.
+CAPITALS_HELD_OUT = [
+    ("Afghanistan", "Kabul"), ("Iraq", "Baghdad"), ("Syria", "Damascus"),
+    ("Lebanon", "Beirut"), ("Jordan", "Amman"), ("Nepal", "Kathmandu"),
+    ("Cambodia", "Phnom Penh"), ("North Korea", "Pyongyang"), ("Venezuela", "Caracas"),
+    ("Ecuador", "Quito"), ("Uruguay", "Montevideo"), ("Jamaica", "Kingston"),
+    ("Algeria", "Algiers"), ("Uzbekistan", "Tashkent"), ("Sudan", "Khartoum"),
+    ("Uganda", "Kampala"), ("Senegal", "Dakar"), ("Zimbabwe", "Harare"),
+    ("Angola", "Luanda"), ("Bulgaria", "Sofia"), ("Serbia", "Belgrade"),
+    ("Croatia", "Zagreb"), ("Slovakia", "Bratislava"), ("Lithuania", "Vilnius"),
+    ("Latvia", "Riga"), ("Estonia", "Tallinn"), ("Belarus", "Minsk"),
+    ("Armenia", "Yerevan"), ("Qatar", "Doha"), ("Malta", "Valletta"),
+]
+
+SCIENCE_HELD_OUT = [
+    ("What is the chemical symbol for lead?", "Pb"),
+    ("What is the chemical symbol for mercury?", "Hg"),
+    ("What is the chemical formula for table salt?", "NaCl"),
+    ("Which planet is farthest from the Sun?", "Neptune"),
+    ("Which planet rotates on its side?", "Uranus"),
+    ("Which is the hottest planet in our solar system?", "Venus"),
+    ("What is the largest ocean on Earth?", "Pacific"),
+    ("What is the tallest mountain on Earth?", "Everest"),
+    ("Which vitamin is made in the skin in sunlight?", "Vitamin D"),
+    ("Which part of a cell is known as its powerhouse?", "Mitochondria"),
+    ("Which molecule carries genetic information?", "DNA"),
+    ("What is the study of earthquakes called?", "Seismology"),
+    ("What is the study of weather called?", "Meteorology"),
+    ("What is the study of stars and planets called?", "Astronomy"),
+    ("How do plants make food from sunlight?", "Photosynthesis"),
+    ("What is it called when water vapour turns into liquid?", "Condensation"),
+    ("What is it called when a solid turns directly into a gas?", "Sublimation"),
+    ("What kind of energy does a moving object have?", "Kinetic"),
+    ("What is the unit of electrical resistance?", "Ohm"),
+    ("What is the SI unit of force?", "Newton"),
+    ("What is the SI unit of power?", "Watt"),
+    ("What is the SI unit of energy?", "Joule"),
+    ("Who developed the theory of relativity?", "Einstein"),
+    ("Who proposed evolution by natural selection?", "Darwin"),
+    ("Who discovered penicillin?", "Fleming"),
+    ("What is the most abundant element in the universe?", "Hydrogen"),
+    ("Which gas makes party balloons float?", "Helium"),
+    ("Which particle in an atom has a negative charge?", "Electron"),
+    ("Which particle in an atom has no charge?", "Neutron"),
+    ("What is the longest bone in the human body?", "Femur"),
+    ("Which organ filters the blood to make urine?", "Kidney"),
+    ("Which organ makes insulin?", "Pancreas"),
+    ("What is the main gas in natural gas?", "Methane"),
+    ("Which instrument measures air pressure?", "Barometer"),
+    ("What force slows down two surfaces sliding against each other?", "Friction"),
+]

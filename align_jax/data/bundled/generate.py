@@ -2,8 +2,8 @@
 
 Deterministic (fixed seeds, no network): the shipped ``*.jsonl`` files are exactly this
 script's output, which a test checks. Every file carries an ``id`` and a ``split`` ("train" /
-"eval", about 6:1; confidence_qa 2:1). Safety holds out whole risky *topics* for eval (every
-7th topic), so eval prompts are not paraphrases of training prompts.
+"eval", about 6:1; confidence_qa 102 train, 150 eval). Safety holds out whole risky *topics*
+for eval (every 7th topic), so eval prompts are not paraphrases of training prompts.
 """
 from __future__ import annotations
 
@@ -12,7 +12,12 @@ import random
 import sys
 from pathlib import Path
 
-from align_jax.data.bundled._facts_source import CAPITALS, SCIENCE
+from align_jax.data.bundled._facts_source import (
+    CAPITALS,
+    CAPITALS_HELD_OUT,
+    SCIENCE,
+    SCIENCE_HELD_OUT,
+)
 from align_jax.data.bundled._safety_source import (
     BENIGN,
     OPENERS,
@@ -193,6 +198,17 @@ def build_confidence_qa() -> list[dict]:
     # one in three held out (50 questions): AUROC / ECE on 21 answers moved by ±0.1 between
     # seeds of the same run, too coarse to choose a calibration default by
     rows = [{"id": f"qa-{i:03d}", **r, "split": _split(i, every=3)} for i, r in enumerate(rows)]
+    # 100 more held out (150: 50 per topic): on 50 answers an AUROC's 95% interval was about
+    # ±0.15. Appended with their own seed, so the 152 rows above — and training — are unchanged.
+    rng = random.Random(20241203)
+    seen = {r["question"] for r in rows}
+    extra = [{"question": p, "answer": str(c), "topic": "arithmetic"}  # 40 - 20: not held out
+             for p, _, a, b, c in _arith_items(rng, 40, seen) if c not in (a, b)][:35]
+    extra += [{"question": _CAPITAL_Q[i % 3].format(c=country), "answer": capital,
+               "topic": "capitals"} for i, (country, capital) in enumerate(CAPITALS_HELD_OUT)]
+    extra += [{"question": q, "answer": a, "topic": "science"} for q, a in SCIENCE_HELD_OUT]
+    rng.shuffle(extra)
+    rows += [{"id": f"qa-{len(rows) + i:03d}", **r, "split": "eval"} for i, r in enumerate(extra)]
     return _check_unique(rows, "question", "confidence_qa")
 
 
