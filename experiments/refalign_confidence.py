@@ -15,10 +15,10 @@ questions with accuracy, parse rate, ECE, Brier, AUROC and Pearson(confidence, q
 
 Offline default (2 CPU cores, one run at a time: 15-16.5 min measured on a host with a 227
 GFLOP/s float32 matmul, 6-7 min before the held-out set grew to 150 on a 450 GFLOP/s one):
-SmolLM2-135M-Instruct, BERTScore-F1 on MiniLM, the bundled short factual QA set. The sweep that chose the default and
-its 3 seeds: README, "RefAlign confidence variant". Paper scale: an SFT'd policy (model=), the
-CONQORD data (data=<jsonl of {question, answer}> data_format=qa loop.balance_by=none), k=2,
-lr=3e-6. Formulas and defaults: docs/methods.md.
+SmolLM2-135M-Instruct, BERTScore-F1 on MiniLM, the bundled short factual QA set. The sweep
+that chose the default and its 3 seeds: README, "RefAlign confidence variant". Paper scale: an
+SFT'd policy (model=), the CONQORD data (data=<jsonl of {question, answer}> data_format=qa
+loop.balance_by=none), k=2, lr=3e-6. Formulas and defaults: docs/methods.md.
 
 Outputs in runs/refalign_confidence-<timestamp>/ (or out_dir=; re-using it resumes): config.json,
 metrics.jsonl and tb/, checkpoints/, curves.png, warm_up_answers.json and sft/ (the warm-up's
