@@ -157,9 +157,8 @@ def confidence_reward(similarity, k: int, alpha: float, missing_penalty: float,
     def fn(prompts, responses, records):
         answers = [conf.strip_confidence(y) for y in responses]
         q = np.asarray(similarity(answers, [r["reference"] for r in records]), np.float32)
-        c = np.array([np.nan if (v := conf.parse_confidence(y)) is None else v for y in responses])
-        y = np.array([conf.is_correct(r["reference"], a) for r, a in zip(records, responses)],
-                     np.float32)
+        c, correct = judged(records, responses)  # as the evaluation judges them
+        y = correct.astype(np.float32)
         if form == "brier":
             term = conf.brier_reward(c, y, missing_penalty)
         else:
@@ -178,7 +177,8 @@ def confidence_reward(similarity, k: int, alpha: float, missing_penalty: float,
 
 
 def judged(records, answers) -> tuple[np.ndarray, np.ndarray]:
-    """(stated confidence, NaN where none; correct = the reference inside the answer part)."""
+    """(stated confidence, NaN where none; correct = ``conf.is_correct``), for the reward and
+    the held-out evaluation alike."""
     c = np.array([np.nan if (v := conf.parse_confidence(a)) is None else v for a in answers])
     correct = np.array([conf.is_correct(r["reference"], a) for r, a in zip(records, answers)],
                        bool)
