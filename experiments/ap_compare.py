@@ -15,19 +15,21 @@ policy's answer to the same prompt (ties count ½).
 Reward model: `rm=PATH` (any HF …ForSequenceClassification dir), else one trained here with
 experiments/reward_model.py's code path (`rm_steps` updates) into <run>/reward_model — a resumed
 run reuses it. `judge=sim:NAME` scores by similarity to the held-out pair's chosen answer instead
-(no reward model: a cheaper, weaker judge). Offline default: the bundled preference pairs' train
-split (173 pairs; explicit margin `auto` = embedding cosine to the prompt, they ship no scores),
-top 0.2 → 35
-pairs per selector, 8 SimPO updates of 4 pairs (≈ one epoch of a subset), β 10, γ/β 0.5,
-lr 1e-5; the first 24 eval-split prompts, 48 new tokens. Sized for ≈ 14 min on 2 quiet cores —
-an estimate from per-step CPU time: on the overloaded shared machine it did not finish
-(docs/methods.md).
+(no reward model: a cheaper, weaker judge). Random selection is a distribution, not one subset:
+`random_runs` (3) random subsets are trained, and each selector's row gives its paired difference
+from their mean reward on the same prompts (± s.e.) and how many of them it beats.
+Offline default: the bundled preference pairs' train split (174 pairs; explicit margin `auto` =
+embedding cosine to the prompt, they ship no scores), top 0.2 → 35 pairs per selector, 8 SimPO
+updates of 4 pairs (≈ one epoch of a subset), β 10, γ/β 0.5, lr 2e-5; 116 held-out prompts (the
+28 eval-split pairs' and the 88 bundled confidence_qa held-out questions that no pool pair
+answers), 48 new tokens. 21.5 min on 2 cores: seven trainings (three of them random draws) and
+116 prompts answered eight times (docs/methods.md).
 Paper scale (SimPO on Llama-3-8B-Instruct, UltraFeedback prompts with their GPT-4 scores):
     python experiments/ap_compare.py model=meta-llama/Meta-Llama-3-8B-Instruct \
       data=<ultrafeedback_binarized train_prefs> eval_data=<test_prefs> explicit=dataset \
       rm=<RM dir> loss=simpo beta=10 gamma=5 lr=1e-6 warmup_steps=<10%> batch_size=128 \
       steps=<one epoch of the subset> top=0.4 max_prompt_len=1024 max_completion_len=1024 \
-      eval_prompts=none eval_max_new_tokens=1024 pool=none mesh=-1,8,1
+      eval_extra=none eval_max_new_tokens=1024 pool=none mesh=-1,8,1
 
 Outputs in runs/ap_compare-<timestamp>/ (or out_dir=; re-using it resumes, a finished selector is
 not retrained): config.json, subsets.json, initial.json (initial answers + rewards), reward_model/,
@@ -66,9 +68,10 @@ class Config(PreferenceExperiment):
     objective: PrefConfig = PrefConfig(loss="simpo", beta=10.0, gamma=5.0)  # γ/β = 0.5
     # the budget every selector gets: 8 updates of 4 pairs ≈ one epoch of a 35-pair subset
     train: TrainConfig = TrainConfig(steps=8, batch_size=4, save_every=50,
-                                     optim=OptimConfig(lr=1e-5, schedule="cosine"))
+                                     optim=OptimConfig(lr=2e-5, schedule="cosine"))
     max_examples: int | None = None  # the subset is the training set (its size: `top`)
     selectors: tuple[str, ...] = selection.SELECTORS  # each trains one policy on its subset
+    random_runs: int = 3  # random subsets drawn (seeds seed, seed+1, …): random's spread
     top: float = 0.2  # fraction of the pool each selector keeps
     w: float = 1.0  # weight of z(m_im) in M_AP
     explicit: str = "auto"  # auto | dataset | rm:PATH | sim:NAME (experiments/ap_select.py)
@@ -77,7 +80,10 @@ class Config(PreferenceExperiment):
     rm: str | None = None  # reward model dir; None = train one into <run>/reward_model
     judge: str = "rm"  # rm (the reward model above) | sim:NAME (similarity to the held-out chosen)
     rm_steps: int = 16  # its updates (experiments/reward_model.py's default)
-    eval_prompts: int | None = 24  # held-out prompts answered and scored (None = all)
+    eval_prompts: int | None = None  # held-out pairs' prompts answered and scored (None = all)
+    # more held-out prompts (a bundled name or a JSONL of prompt/question [+ answer]; none):
+    # auto = the bundled confidence_qa held-out questions the pool does not answer (default data)
+    eval_extra: str | None = "auto"
     eval_max_new_tokens: int = 48  # greedy answers
     keep_checkpoints: bool = False  # keep a finished selector's checkpoints (they are large)
 
@@ -101,7 +107,8 @@ def main(argv: list[str]) -> dict:
     cfg = parse_overrides(Config(), argv)
     for name in cfg.objective.loss_names:  # a pairwise loss (KTO / listwise need other data)
         loss_spec(name, "pair")
-    apx.selector_subsets([0.0], [0.0], cfg.selectors, cfg.top)  # names checked before loading
+    apx.selector_subsets([0.0], [0.0], cfg.selectors, cfg.top,  # checked before loading
+                         random_runs=cfg.random_runs)
     mesh = mesh_of(cfg)
     run_dir = open_run("ap_compare", cfg)
     apx.share_compiles(run_dir)  # the five trainings compile the same programs
@@ -110,6 +117,10 @@ def main(argv: list[str]) -> dict:
     # 1. the pool, its two margins (implicit: the initial policy, cached) and the subsets
     pairs, records, prompts, held = apx.pool_and_held_out(cfg.data, cfg.data_format, cfg.eval_data,
                                                           cfg.pool, cfg.eval_prompts)
+    extra = cfg.eval_extra if cfg.eval_extra != "auto" else (None if cfg.data else "confidence_qa")
+    x_prompts, x_refs = apx.extra_held_out(extra, pairs, prompts)
+    refs = [h.chosen for h in held][: len(prompts)] + x_refs  # what a sim: judge compares with
+    prompts = prompts + x_prompts
     explicit = ap_margins.resolve_explicit(cfg.explicit, records)
     m_ex = ap_margins.explicit_margins(explicit, pairs, records,
                                        reference_field=cfg.reference_field, mesh=mesh)
@@ -118,7 +129,8 @@ def main(argv: list[str]) -> dict:
                                       batch_size=cfg.ref_batch_size, mesh=mesh,
                                       chunk_size=cfg.chunk_size, cache_dir=cfg.cache_dir)
     m_im = res.arrays["margin_implicit"].astype(np.float64)
-    subsets = apx.selector_subsets(m_ex, m_im, cfg.selectors, cfg.top, w=cfg.w, seed=cfg.train.seed)
+    subsets = apx.selector_subsets(m_ex, m_im, cfg.selectors, cfg.top, w=cfg.w, seed=cfg.train.seed,
+                                   random_runs=cfg.random_runs)
     # "explicit_margin", not "explicit": that is also a selector's name (it overwrote the source)
     report.write_json(run_dir / "subsets.json", {"pool": len(pairs), "explicit_margin": explicit,
                                                  **{s: idx.tolist() for s, idx in subsets.items()}})
@@ -129,7 +141,6 @@ def main(argv: list[str]) -> dict:
     sampling = SamplingConfig(max_new_tokens=cfg.eval_max_new_tokens, greedy=True)
     key = jax.random.PRNGKey(cfg.train.seed)
     judge = apx.make_response_scorer(f"rm:{rm_path}" if rm_path else cfg.judge, mesh=mesh)
-    refs = [h.chosen for h in held][: len(prompts)]  # what a sim: judge compares with
 
     def held_out(model) -> dict:
         answers = apx.sample_answers(model, tok, prompts, key, sampling, mesh=mesh)

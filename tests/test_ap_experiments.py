@@ -4,6 +4,7 @@ case; both experiments end to end on a tiny llama + word tokenizer exported as H
 a user starts them, in a subprocess with one CPU device), and resumed: a finished selector /
 round is not redone, and the table is recomputable from the files the run wrote."""
 import json
+import re
 import subprocess
 import sys
 
@@ -40,6 +41,15 @@ def test_subsets_have_one_size_and_follow_their_selector():
     assert len(set(subs["random"])) == 7
     with pytest.raises(ConfigError, match="unknown selector 'apx'"):
         apx.selector_subsets(m_ex, m_im, ("ap", "apx"), 0.2)
+    more = apx.selector_subsets(m_ex, m_im, ("ap", "random"), 0.2, seed=1, random_runs=3)
+    assert list(more) == ["ap", "random", "random_s1", "random_s2"]
+    for k, name in enumerate(["random", "random_s1", "random_s2"]):  # seeds 1, 2, 3
+        draw = selection.select_top(np.random.default_rng(1 + k).random(37), 0.2)
+        np.testing.assert_array_equal(more[name], draw)
+    assert len({tuple(sorted(v)) for v in more.values()}) == 4  # four different subsets
+    assert list(apx.selector_subsets(m_ex, m_im, ("ap",), 0.2, random_runs=3)) == ["ap"]
+    with pytest.raises(ConfigError, match="random_runs=0"):
+        apx.selector_subsets(m_ex, m_im, ("random",), 0.2, random_runs=0)
 
 
 def test_win_rate_and_table_on_a_hand_case():
@@ -60,6 +70,59 @@ def test_win_rate_and_table_on_a_hand_case():
     assert "| initial policy | 0 | 2.0000 ± 1.0801 | — |" in table
     with pytest.raises(ValueError):
         apx.win_rate([1.0], [1.0, 2.0])
+
+
+def test_comparison_with_random_runs_is_paired_hand_case():
+    rew = {"ap": [1.0, 2.0, 3.0], "random": [0.0, 1.0, 0.0], "random_s1": [1.0, 1.0, 1.0],
+           "random_s2": [2.0, 0.0, 0.0]}
+    rows = {r["selector"]: r for r in apx.compare_rows([0.0] * 3, rew, dict.fromkeys(rew, 3))}
+    # ap − mean of the three random runs per prompt: 1 − 1, 2 − 2/3, 3 − 1/3
+    diff = np.array([0.0, 4 / 3, 8 / 3])
+    assert rows["ap"]["vs_random"] == pytest.approx(diff.mean())
+    assert rows["ap"]["vs_random_sem"] == pytest.approx(diff.std(ddof=1) / np.sqrt(3))
+    assert rows["ap"]["random_beaten"] == "3/3"
+    # a random run against the OTHER two: random_s1 (mean 1) beats random (1/3) and random_s2 (2/3)
+    assert rows["random_s1"]["random_beaten"] == "2/2"
+    assert rows["random_s1"]["vs_random"] == pytest.approx(np.mean([1 - 1, 1 - 0.5, 1 - 0]))
+    assert rows["random"]["random_beaten"] == "0/2"
+    assert rows["initial policy"]["vs_random"] is None
+    table = apx.compare_table(list(rows.values()))
+    assert "| ap | 3 | 2.0000 ± 0.5774 | 1.000 | +1.3333 ± 0.7698 | 3/3 |" in table
+    # without random runs there is nothing to compare with
+    alone = apx.compare_rows([0.0], {"ap": [1.0]}, {"ap": 1})
+    assert alone[1]["vs_random"] is None and "| — | — |" in apx.compare_table(alone)
+
+
+def test_extra_held_out_prompts_drop_what_the_pool_answers(tmp_path):
+    from align_jax.data.schemas import PreferencePair
+    from align_jax.errors import DataError
+
+    pool = [PreferencePair("Name the capital of Peru.", "The capital of Peru is Lima.", "Cusco.")]
+    f = tmp_path / "qa.jsonl"
+    f.write_text("\n".join(json.dumps(r) for r in [
+        {"question": "What is the capital of Peru?", "answer": "Lima", "split": "eval"},  # leaked
+        {"question": "Name the capital of Peru.", "answer": "x"},  # a pool prompt
+        {"question": "Name the capital of Chile.", "answer": "Santiago", "split": "train"},
+        {"question": "Name the capital of Cuba.", "answer": "Havana", "split": "eval"},
+        {"prompt": "Name the capital of Cuba.", "reference": "Havana"},  # already kept
+        {"prompt": "Say something kind."},
+        {"question": "Which element is Li?", "answer": "Li"},  # inside "Lima", not a word of it
+        {"question": "What is 2 + 2?", "answer": 4}]) + "\n")
+    prompts, refs = apx.extra_held_out(str(f), pool, ["Say something kind."])
+    assert prompts == ["Name the capital of Cuba.", "Which element is Li?", "What is 2 + 2?"]
+    assert refs == ["Havana", "Li", "4"]
+    assert apx.extra_held_out(None, pool, []) == ([], [])
+    f.write_text('{"question": "ok?"}\n{"answer": "no question"}\n')
+    with pytest.raises(DataError, match="line 2"):
+        apx.extra_held_out(str(f), pool, [])
+    with pytest.raises(ConfigError, match="eval_extra='nope.jsonl'"):
+        apx.extra_held_out("nope.jsonl", pool, [])
+    # the default: the bundled confidence questions, none of them answered by the bundled pool
+    pairs, _, held_prompts, _ = apx.pool_and_held_out(None)
+    bundled, answers = apx.extra_held_out("confidence_qa", pairs, held_prompts)
+    assert len(bundled) == 88 and not set(bundled) & set(held_prompts)
+    assert not any(re.search(rf"(?<!\w){re.escape(a)}(?!\w)", p.chosen)
+                   for a in answers for p in pairs)
 
 
 def test_best_worst_pairs_hand_case():
@@ -117,27 +180,37 @@ TINY_TRAIN = ["steps=2", "lr=0.01", "batch_size=2", "ref_batch_size=4", "eval_ex
               "max_prompt_len=16", "max_completion_len=16", "pad_multiple=8"]
 
 
+def after_of(out, selector):
+    return json.loads((out / selector / "heldout.json").read_text())["rewards"]
+
+
 def test_ap_compare_tiny_end_to_end_and_resume(tiny_dirs, run_env, tmp_path):
     out = tmp_path / "cmp"
     args = [REPO / "experiments/ap_compare.py", f"model={tiny_dirs / 'policy'}",
             f"data={tiny_dirs / 'pairs.jsonl'}", f"rm={tiny_dirs / 'rm'}", "selectors=ap,random",
+            "random_runs=2",
             "top=0.25", "explicit=sim:rouge_l", "reference_field=prompt", "eval_max_new_tokens=4",
             f"out_dir={out}", *TINY_TRAIN]
     start(args, run_env)
     subsets = json.loads((out / "subsets.json").read_text())
     assert subsets["pool"] == 18 and subsets["explicit_margin"] == "sim:rouge_l"
-    assert len(subsets["ap"]) == len(subsets["random"]) == selection.num_selected(18, 0.25) == 5
+    assert (len(subsets["ap"]) == len(subsets["random"]) == len(subsets["random_s1"])
+            == selection.num_selected(18, 0.25) == 5)
     initial = json.loads((out / "initial.json").read_text())
     assert len(initial["prompts"]) == 2 == len(initial["rewards"])
     rows = json.loads((out / "results.json").read_text())
     for row in rows[1:]:
-        after = json.loads((out / row["selector"] / "heldout.json").read_text())["rewards"]
+        after = after_of(out, row["selector"])
         assert row["win_rate"] == apx.win_rate(after, initial["rewards"])
         assert row["mean_reward"] == pytest.approx(np.mean(after))
         assert (out / row["selector"] / "metrics.jsonl").is_file()
         assert not (out / row["selector"] / "checkpoints").exists()
     assert (out / "compare.png").read_bytes()[:4] == b"\x89PNG"
     assert "| ap | 5 |" in (out / "summary.md").read_text()
+    assert [r["selector"] for r in rows] == ["initial policy", "ap", "random", "random_s1"]
+    rand = np.mean([json.loads((out / s / "heldout.json").read_text())["rewards"]
+                    for s in ("random", "random_s1")], axis=0)
+    assert rows[1]["vs_random"] == pytest.approx(np.mean(np.asarray(after_of(out, "ap")) - rand))
     stamp = (out / "ap" / "heldout.json").stat().st_mtime_ns
     res = start(args, run_env)  # resumed: nothing is trained again
     assert "training on" not in res.stdout

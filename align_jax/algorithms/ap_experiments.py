@@ -34,15 +34,28 @@ def share_compiles(run_dir: Path) -> None:
 
 
 def selector_subsets(m_ex, m_im, selectors: Sequence[str], top: float, *, w: float = 1.0,
-                     seed: int = 0) -> dict[str, np.ndarray]:
+                     seed: int = 0, random_runs: int = 1) -> dict[str, np.ndarray]:
     """Dataset indices each selector keeps, best first. Every subset has the same size
-    (``selection.num_selected(N, top)``): the comparison varies WHICH pairs, never how many."""
+    (``selection.num_selected(N, top)``): the comparison varies WHICH pairs, never how many.
+    With ``random`` among the selectors, ``random_runs`` > 1 adds ``random_s1`` … (draws with
+    seeds ``seed + k``): random selection is a distribution, and a selector beats it only if
+    it beats most of its draws, not one lucky or unlucky subset."""
     for s in selectors:
         if s not in selection.SELECTORS:
             raise ConfigError(f"selectors: unknown selector {s!r}; expected names from "
                               f"{list(selection.SELECTORS)}")
-    return {s: selection.select_top(selection.selector_scores(s, m_ex, m_im, w=w, seed=seed), top)
-            for s in selectors}
+    if random_runs < 1:
+        raise ConfigError(f"random_runs={random_runs}: expected at least 1")
+    out = {s: selection.select_top(selection.selector_scores(s, m_ex, m_im, w=w, seed=seed), top)
+           for s in selectors}
+    for k in range(1, random_runs if "random" in selectors else 1):
+        out[f"random_s{k}"] = selection.select_top(
+            selection.selector_scores("random", m_ex, m_im, seed=seed + k), top)
+    return out
+
+
+def is_random_run(name: str) -> bool:
+    return name == "random" or name.startswith("random_s")
 
 
 def pool_and_held_out(data: str | None, data_format: str = "auto", eval_data: str | None = None,
@@ -67,6 +80,44 @@ def pool_and_held_out(data: str | None, data_format: str = "auto", eval_data: st
     return [pairs[i] for i in keep], [records[i] for i in keep], prompts, held
 
 
+def extra_held_out(spec: str | None, pool: Sequence[PreferencePair], held_prompts: Sequence[str]
+                   ) -> tuple[list[str], list[str]]:
+    """(prompts, references) appended to the held-out prompts: ``spec`` is a bundled dataset's
+    name or a JSONL file of records with ``prompt`` (or ``question``) and optionally ``answer``
+    (or ``reference``) and ``split``. Kept: rows not in a ``train`` split whose prompt is neither
+    in the pool nor already held out and whose answer appears (as a whole word) in no pool pair's
+    chosen answer — a held-out question the training pairs answer is not held out."""
+    import re
+
+    from align_jax.data import bundled_path, prompt_text
+    from align_jax.data.bundled import BUNDLED_FORMATS
+    from align_jax.data.readers import iter_jsonl
+    from align_jax.errors import DataError
+
+    if not spec:
+        return [], []
+    path = bundled_path(spec) if spec in BUNDLED_FORMATS else Path(spec)
+    if not path.is_file():
+        raise ConfigError(f"eval_extra={spec!r}: neither a bundled dataset "
+                          f"({sorted(BUNDLED_FORMATS)}) nor a file")
+    seen = {prompt_text(p.prompt) for p in pool} | set(held_prompts)
+    chosen = "\n".join(p.chosen for p in pool)
+    prompts, refs = [], []
+    for rec in iter_jsonl(path):
+        d = rec.data if isinstance(rec.data, dict) else {}
+        prompt, ans = d.get("prompt", d.get("question")), d.get("answer", d.get("reference"))
+        if rec.error or not isinstance(prompt, str):
+            raise DataError(rec.error or "expected an object with a string 'prompt' or 'question'",
+                            source=rec.source, location=rec.location)
+        leaked = ans and re.search(r"(?<!\w)" + re.escape(str(ans)) + r"(?!\w)", chosen)
+        if d.get("split") == "train" or prompt in seen or leaked:
+            continue
+        seen.add(prompt)
+        prompts.append(prompt)
+        refs.append(str(ans or ""))
+    return prompts, refs
+
+
 def win_rate(after, before) -> float:
     """Fraction of prompts whose trained answer the reward model scores above the initial
     policy's answer to the same prompt; a tie counts one half (AlpacaEval's convention)."""
@@ -76,30 +127,47 @@ def win_rate(after, before) -> float:
     return float(np.mean((a > b) + 0.5 * (a == b)))
 
 
+def sem(x) -> float:
+    """Standard error of the mean (0 for fewer than two values)."""
+    x = np.asarray(x, np.float64)
+    return float(x.std(ddof=1) / math.sqrt(len(x))) if len(x) > 1 else 0.0
+
+
 def compare_rows(initial, rewards: dict[str, Sequence[float]], sizes: dict[str, int]) -> list[dict]:
-    """One row per selector (mean held-out reward, its standard error, win rate vs the initial
-    policy, pairs trained on) after a first row for the initial policy itself."""
+    """One row per selector after a first row for the initial policy itself: mean held-out
+    reward and its standard error, win rate vs the initial policy, pairs trained on, and, where
+    random runs exist, the comparison with random selection — ``vs_random``: the mean over prompts
+    of (this reward − the mean of the random runs' rewards on the same prompt), paired so the
+    prompts' own spread cancels, with its standard error ``vs_random_sem``; ``random_beaten``:
+    how many random runs have a lower mean (a random run is compared with the OTHER random runs)."""
     initial = np.asarray(initial, np.float64)
-
-    def sem(x):
-        return float(x.std(ddof=1) / math.sqrt(len(x))) if len(x) > 1 else 0.0
-
     rows = [{"selector": "initial policy", "pairs": 0, "mean_reward": float(initial.mean()),
-             "sem": sem(initial), "win_rate": None}]
+             "sem": sem(initial), "win_rate": None, "vs_random": None, "vs_random_sem": None,
+             "random_beaten": None}]
+    rand = {n: np.asarray(r, np.float64) for n, r in rewards.items() if is_random_run(n)}
     for name, r in rewards.items():
         r = np.asarray(r, np.float64)
-        rows.append({"selector": name, "pairs": int(sizes[name]), "mean_reward": float(r.mean()),
-                     "sem": sem(r), "win_rate": win_rate(r, initial)})
+        row = {"selector": name, "pairs": int(sizes[name]), "mean_reward": float(r.mean()),
+               "sem": sem(r), "win_rate": win_rate(r, initial), "vs_random": None,
+               "vs_random_sem": None, "random_beaten": None}
+        others = [v for n, v in rand.items() if n != name]
+        if others:
+            diff = r - np.mean(others, axis=0)
+            row.update(vs_random=float(diff.mean()), vs_random_sem=sem(diff),
+                       random_beaten=f"{sum(r.mean() > v.mean() for v in others)}/{len(others)}")
+        rows.append(row)
     return rows
 
 
 def compare_table(rows: Sequence[dict]) -> str:
-    lines = ["| selector | pairs | mean reward ± s.e. | win rate vs initial |",
-             "|---|---|---|---|"]
+    lines = ["| selector | pairs | mean reward ± s.e. | win rate vs initial "
+             "| Δ vs random (paired) ± s.e. | random runs beaten |", "|---|---|---|---|---|---|"]
     for r in rows:
         win = "—" if r["win_rate"] is None else f"{r['win_rate']:.3f}"
+        vs = ("—" if r.get("vs_random") is None
+              else f"{r['vs_random']:+.4f} ± {r['vs_random_sem']:.4f}")
         lines.append(f"| {r['selector']} | {r['pairs']} | {r['mean_reward']:.4f} ± {r['sem']:.4f} "
-                     f"| {win} |")
+                     f"| {win} | {vs} | {r.get('random_beaten') or '—'} |")
     return "\n".join(lines) + "\n"
 
 
