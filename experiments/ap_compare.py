@@ -111,16 +111,16 @@ def main(argv: list[str]) -> dict:
                          random_runs=cfg.random_runs)
     mesh = mesh_of(cfg)
     run_dir = open_run("ap_compare", cfg)
-    apx.share_compiles(run_dir)  # the five trainings compile the same programs
-    rm_path = reward_model_dir(cfg, run_dir) if cfg.judge == "rm" else None
+    apx.share_compiles(run_dir)  # every selector's training compiles the same programs
 
     # 1. the pool, its two margins (implicit: the initial policy, cached) and the subsets
     pairs, records, prompts, held = apx.pool_and_held_out(cfg.data, cfg.data_format, cfg.eval_data,
                                                           cfg.pool, cfg.eval_prompts)
     extra = cfg.eval_extra if cfg.eval_extra != "auto" else (None if cfg.data else "confidence_qa")
-    x_prompts, x_refs = apx.extra_held_out(extra, pairs, prompts)
+    x_prompts, x_refs = apx.extra_held_out(extra, pairs, prompts)  # a bad file fails here, early
     refs = [h.chosen for h in held][: len(prompts)] + x_refs  # what a sim: judge compares with
     prompts = prompts + x_prompts
+    rm_path = reward_model_dir(cfg, run_dir) if cfg.judge == "rm" else None
     explicit = ap_margins.resolve_explicit(cfg.explicit, records)
     m_ex = ap_margins.explicit_margins(explicit, pairs, records,
                                        reference_field=cfg.reference_field, mesh=mesh)

@@ -97,7 +97,8 @@ def test_extra_held_out_prompts_drop_what_the_pool_answers(tmp_path):
     from align_jax.data.schemas import PreferencePair
     from align_jax.errors import DataError
 
-    pool = [PreferencePair("Name the capital of Peru.", "The capital of Peru is Lima.", "Cusco.")]
+    pool = [PreferencePair("Name the capital of Peru.", "The capital of Peru is Lima.", "Cusco."),
+            PreferencePair("When does water freeze?", "At 0 degrees Celsius.", "At 10.")]
     f = tmp_path / "qa.jsonl"
     f.write_text("\n".join(json.dumps(r) for r in [
         {"question": "What is the capital of Peru?", "answer": "Lima", "split": "eval"},  # leaked
@@ -107,7 +108,8 @@ def test_extra_held_out_prompts_drop_what_the_pool_answers(tmp_path):
         {"prompt": "Name the capital of Cuba.", "reference": "Havana"},  # already kept
         {"prompt": "Say something kind."},
         {"question": "Which element is Li?", "answer": "Li"},  # inside "Lima", not a word of it
-        {"question": "What is 2 + 2?", "answer": 4}]) + "\n")
+        {"question": "What is 2 + 2?", "answer": 4},
+        {"question": "What is 5 - 5?", "answer": 0}]) + "\n")  # leaked: 0 is an answer too
     prompts, refs = apx.extra_held_out(str(f), pool, ["Say something kind."])
     assert prompts == ["Name the capital of Cuba.", "Which element is Li?", "What is 2 + 2?"]
     assert refs == ["Havana", "Li", "4"]
@@ -208,8 +210,7 @@ def test_ap_compare_tiny_end_to_end_and_resume(tiny_dirs, run_env, tmp_path):
     assert (out / "compare.png").read_bytes()[:4] == b"\x89PNG"
     assert "| ap | 5 |" in (out / "summary.md").read_text()
     assert [r["selector"] for r in rows] == ["initial policy", "ap", "random", "random_s1"]
-    rand = np.mean([json.loads((out / s / "heldout.json").read_text())["rewards"]
-                    for s in ("random", "random_s1")], axis=0)
+    rand = np.mean([after_of(out, s) for s in ("random", "random_s1")], axis=0)
     assert rows[1]["vs_random"] == pytest.approx(np.mean(np.asarray(after_of(out, "ap")) - rand))
     stamp = (out / "ap" / "heldout.json").stat().st_mtime_ns
     res = start(args, run_env)  # resumed: nothing is trained again

@@ -86,13 +86,13 @@ def extra_held_out(spec: str | None, pool: Sequence[PreferencePair], held_prompt
     name or a JSONL file of records with ``prompt`` (or ``question``) and optionally ``answer``
     (or ``reference``) and ``split``. Kept: rows not in a ``train`` split whose prompt is neither
     in the pool nor already held out and whose answer appears (as a whole word) in no pool pair's
-    chosen answer — a held-out question the training pairs answer is not held out."""
-    import re
-
+    chosen answer (the confidence variant's judge, ``rewards.confidence.is_correct``) — a held-out
+    question the training pairs answer is not held out."""
     from align_jax.data import bundled_path, prompt_text
     from align_jax.data.bundled import BUNDLED_FORMATS
     from align_jax.data.readers import iter_jsonl
     from align_jax.errors import DataError
+    from align_jax.rewards.confidence import is_correct
 
     if not spec:
         return [], []
@@ -101,7 +101,6 @@ def extra_held_out(spec: str | None, pool: Sequence[PreferencePair], held_prompt
         raise ConfigError(f"eval_extra={spec!r}: neither a bundled dataset "
                           f"({sorted(BUNDLED_FORMATS)}) nor a file")
     seen = {prompt_text(p.prompt) for p in pool} | set(held_prompts)
-    chosen = "\n".join(p.chosen for p in pool)
     prompts, refs = [], []
     for rec in iter_jsonl(path):
         d = rec.data if isinstance(rec.data, dict) else {}
@@ -109,12 +108,13 @@ def extra_held_out(spec: str | None, pool: Sequence[PreferencePair], held_prompt
         if rec.error or not isinstance(prompt, str):
             raise DataError(rec.error or "expected an object with a string 'prompt' or 'question'",
                             source=rec.source, location=rec.location)
-        leaked = ans and re.search(r"(?<!\w)" + re.escape(str(ans)) + r"(?!\w)", chosen)
-        if d.get("split") == "train" or prompt in seen or leaked:
+        ans = "" if ans is None else str(ans)  # a number (0 too) is an answer
+        if (d.get("split") == "train" or prompt in seen
+                or ans and any(is_correct(ans, p.chosen) for p in pool)):
             continue
         seen.add(prompt)
         prompts.append(prompt)
-        refs.append(str(ans or ""))
+        refs.append(ans)
     return prompts, refs
 
 
@@ -141,15 +141,14 @@ def compare_rows(initial, rewards: dict[str, Sequence[float]], sizes: dict[str, 
     prompts' own spread cancels, with its standard error ``vs_random_sem``; ``random_beaten``:
     how many random runs have a lower mean (a random run is compared with the OTHER random runs)."""
     initial = np.asarray(initial, np.float64)
+    no_random = {"vs_random": None, "vs_random_sem": None, "random_beaten": None}
     rows = [{"selector": "initial policy", "pairs": 0, "mean_reward": float(initial.mean()),
-             "sem": sem(initial), "win_rate": None, "vs_random": None, "vs_random_sem": None,
-             "random_beaten": None}]
+             "sem": sem(initial), "win_rate": None, **no_random}]
     rand = {n: np.asarray(r, np.float64) for n, r in rewards.items() if is_random_run(n)}
     for name, r in rewards.items():
         r = np.asarray(r, np.float64)
         row = {"selector": name, "pairs": int(sizes[name]), "mean_reward": float(r.mean()),
-               "sem": sem(r), "win_rate": win_rate(r, initial), "vs_random": None,
-               "vs_random_sem": None, "random_beaten": None}
+               "sem": sem(r), "win_rate": win_rate(r, initial), **no_random}
         others = [v for n, v in rand.items() if n != name]
         if others:
             diff = r - np.mean(others, axis=0)
