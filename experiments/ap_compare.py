@@ -15,7 +15,10 @@ policy's answer to the same prompt (ties count ½).
 Reward model: `rm=PATH` (any HF …ForSequenceClassification dir), else one trained here with
 experiments/reward_model.py's code path (`rm_steps` updates) into <run>/reward_model — a resumed
 run reuses it. `judge=sim:NAME` scores by similarity to the held-out pair's chosen answer instead
-(no reward model: a cheaper, weaker judge). Random selection is a distribution, not one subset:
+(no reward model: a cheaper, weaker judge). `pairs_from=policy` replaces the dataset's pairs by
+self-play's (experiments/ap_selfplay.py's step 1–2): `n` answers of the initial policy per pool
+prompt (T 0.8, top-p 0.95), scored by the judge, the best / worst as the pair, m_ex their score
+gap (saved in pool_samples.jsonl). Random selection is a distribution, not one subset:
 `random_runs` (3) random subsets are trained, and each selector's row gives its paired difference
 from their mean reward on the same prompts (± s.e.) and how many of them it beats.
 Offline default: the bundled preference pairs' train split (174 pairs; explicit margin `auto` =
@@ -55,6 +58,7 @@ from align_jax.algorithms import ap_experiments as apx, ap_margins  # noqa: E402
 from align_jax.algorithms.preference import TrainConfig, load_policy  # noqa: E402
 from align_jax.cli import parse_overrides, run_main  # noqa: E402
 from align_jax.data import selection  # noqa: E402
+from align_jax.errors import ConfigError  # noqa: E402
 from align_jax.experiment import PreferenceExperiment, mesh_of, open_run, train_policy  # noqa: E402
 from align_jax.losses import PrefConfig, loss_spec  # noqa: E402
 from align_jax.sampling import SamplingConfig  # noqa: E402
@@ -65,6 +69,7 @@ from align_jax.train.optim import OptimConfig  # noqa: E402
 
 @dataclasses.dataclass(frozen=True)
 class Config(PreferenceExperiment):
+    SHORT_GROUPS = ("train", "objective", "sampling")  # n=, temperature=, top_p= are short keys
     objective: PrefConfig = PrefConfig(loss="simpo", beta=10.0, gamma=5.0)  # γ/β = 0.5
     # the budget every selector gets: 8 updates of 4 pairs ≈ one epoch of a 35-pair subset
     train: TrainConfig = TrainConfig(steps=8, batch_size=4, save_every=50,
@@ -77,6 +82,11 @@ class Config(PreferenceExperiment):
     explicit: str = "auto"  # auto | dataset | rm:PATH | sim:NAME (experiments/ap_select.py)
     reference_field: str = "auto"  # sim: explicit margin: record field scored against (ap_select)
     pool: int | None = None  # training pairs scored and selected from (None = all)
+    # data: the dataset's pairs | policy: self-play's pairs — `sampling.n` answers of the initial
+    # policy per pool prompt, scored by the judge, best / worst as the pair (m_ex = their gap)
+    pairs_from: str = "data"
+    # pairs_from=policy: answers per prompt, as ap_selfplay samples them (T 0.8, top-p 0.95)
+    sampling: SamplingConfig = SamplingConfig(n=4, temperature=0.8, top_p=0.95, max_new_tokens=48)
     rm: str | None = None  # reward model dir; None = train one into <run>/reward_model
     judge: str = "rm"  # rm (the reward model above) | sim:NAME (similarity to the held-out chosen)
     rm_steps: int = 16  # its updates (experiments/reward_model.py's default)
@@ -109,6 +119,8 @@ def main(argv: list[str]) -> dict:
         loss_spec(name, "pair")
     apx.selector_subsets([0.0], [0.0], cfg.selectors, cfg.top,  # checked before loading
                          random_runs=cfg.random_runs)
+    if cfg.pairs_from not in ("data", "policy"):
+        raise ConfigError(f"pairs_from={cfg.pairs_from!r}: expected data or policy")
     mesh = mesh_of(cfg)
     run_dir = open_run("ap_compare", cfg)
     apx.share_compiles(run_dir)  # every selector's training compiles the same programs
@@ -121,10 +133,19 @@ def main(argv: list[str]) -> dict:
     refs = [h.chosen for h in held][: len(prompts)] + x_refs  # what a sim: judge compares with
     prompts = prompts + x_prompts
     rm_path = reward_model_dir(cfg, run_dir) if cfg.judge == "rm" else None
-    explicit = ap_margins.resolve_explicit(cfg.explicit, records)
-    m_ex = ap_margins.explicit_margins(explicit, pairs, records,
-                                       reference_field=cfg.reference_field, mesh=mesh)
+    judge = apx.make_response_scorer(f"rm:{rm_path}" if rm_path else cfg.judge, mesh=mesh)
+    key = jax.random.PRNGKey(cfg.train.seed)
     policy, tok = load_policy(cfg.model, dtype=cfg.dtype, mesh=mesh)
+    if cfg.pairs_from == "policy":  # the judge labels the initial policy's own answers
+        _, pairs, m_ex = apx.on_policy_pairs(policy, tok, apx.prompt_pool(pairs),
+                                             jax.random.fold_in(key, 1),
+                                             cfg.sampling, judge, run_dir / "pool_samples.jsonl",
+                                             mesh=mesh)
+        explicit = f"judge's score gap ({rm_path or cfg.judge})"
+    else:
+        explicit = ap_margins.resolve_explicit(cfg.explicit, records)
+        m_ex = ap_margins.explicit_margins(explicit, pairs, records,
+                                           reference_field=cfg.reference_field, mesh=mesh)
     res = ap_margins.implicit_margins(policy, tok, pairs, cfg.tokenize_config(),
                                       batch_size=cfg.ref_batch_size, mesh=mesh,
                                       chunk_size=cfg.chunk_size, cache_dir=cfg.cache_dir)
@@ -139,8 +160,6 @@ def main(argv: list[str]) -> dict:
 
     # 2. held-out answers of a policy (greedy), scored by the reward model
     sampling = SamplingConfig(max_new_tokens=cfg.eval_max_new_tokens, greedy=True)
-    key = jax.random.PRNGKey(cfg.train.seed)
-    judge = apx.make_response_scorer(f"rm:{rm_path}" if rm_path else cfg.judge, mesh=mesh)
 
     def held_out(model) -> dict:
         answers = apx.sample_answers(model, tok, prompts, key, sampling, mesh=mesh)

@@ -98,23 +98,10 @@ def main(argv: list[str]) -> dict:
                                  lora_targets=cfg.lora_targets, remat=cfg.remat)
         key = jax.random.fold_in(jax.random.PRNGKey(cfg.train.seed), k)
         prompts = apx.round_prompts(pool, rdir, k, cfg.prompts_per_round)
-        texts = [r["prompt"] for r in prompts]
 
         # 1–2. sample n answers per prompt, score them, best / worst as the pair
-        if not (rdir / "samples.jsonl").is_file():
-            answers = apx.sample_answers(model, tok, texts, key, cfg.sampling, mesh=mesh)
-            refs = [r.get("reference") or r["prompt"]  # evolved: the prompt itself
-                    for r in prompts for _ in range(cfg.sampling.n)]
-            s = score([t for t in texts for _ in range(cfg.sampling.n)], answers, refs)
-            apx.write_jsonl(rdir / "samples.jsonl", [
-                {"prompt": t, "answers": answers[i * cfg.sampling.n:(i + 1) * cfg.sampling.n],
-                 "scores": s[i * cfg.sampling.n:(i + 1) * cfg.sampling.n].tolist()}
-                for i, t in enumerate(texts)])
-        samples = apx.read_jsonl(rdir / "samples.jsonl")
-        pairs, m_ex, _ = apx.best_worst_pairs([r["prompt"] for r in samples],
-                                              [a for r in samples for a in r["answers"]],
-                                              [x for r in samples for x in r["scores"]],
-                                              cfg.sampling.n)
+        samples, pairs, m_ex = apx.on_policy_pairs(model, tok, prompts, key, cfg.sampling, score,
+                                                   rdir / "samples.jsonl", mesh=mesh)
         if not pairs:
             raise SystemExit(f"round {k}: every prompt's {cfg.sampling.n} answers scored the "
                              "same; no pair to train on (raise n or temperature)")

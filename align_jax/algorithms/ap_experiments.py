@@ -259,6 +259,29 @@ def best_worst_pairs(prompts: Sequence[str], answers: Sequence[str], scores, n: 
     return pairs, np.asarray(margins, np.float64), kept
 
 
+def on_policy_pairs(policy, tokenizer, rows: Sequence[dict], key, sampling, score, path: Path,
+                    *, mesh=None) -> tuple[list[dict], list[PreferencePair], np.ndarray]:
+    """Self-play's pairs: ``sampling.n`` answers of ``policy`` to each row's ``prompt``, scored
+    by ``score(prompts, answers, refs)`` (a row's ``reference``, else its prompt: an evolved
+    prompt has no reference), written to ``path`` (JSONL of prompt, answers, scores; when it
+    exists it is read back — a resumed run does not resample), and each prompt's best / worst
+    answer as its pair (:func:`best_worst_pairs`). Returns (samples, pairs, m_ex)."""
+    n = sampling.n
+    if not Path(path).is_file():
+        texts = [r["prompt"] for r in rows]
+        answers = sample_answers(policy, tokenizer, texts, key, sampling, mesh=mesh)
+        refs = [r.get("reference") or r["prompt"] for r in rows for _ in range(n)]
+        s = np.asarray(score([t for t in texts for _ in range(n)], answers, refs), np.float64)
+        write_jsonl(path, [{"prompt": t, "answers": answers[i * n:(i + 1) * n],
+                            "scores": s[i * n:(i + 1) * n].tolist()}
+                           for i, t in enumerate(texts)])
+    samples = read_jsonl(path)
+    pairs, m_ex, _ = best_worst_pairs([r["prompt"] for r in samples],
+                                      [a for r in samples for a in r["answers"]],
+                                      [x for r in samples for x in r["scores"]], n)
+    return samples, pairs, m_ex
+
+
 def prompt_pool(examples) -> list[dict]:
     """[{prompt, reference}] of the self-play pool: one row per distinct prompt (first
     occurrence), a pair's chosen answer (or a record's reference) as the reference."""
