@@ -121,6 +121,10 @@ def main(argv: list[str]) -> dict:
                          random_runs=cfg.random_runs)
     if cfg.pairs_from not in ("data", "policy"):
         raise ConfigError(f"pairs_from={cfg.pairs_from!r}: expected data or policy")
+    if cfg.pairs_from == "policy" and (cfg.explicit, cfg.reference_field) != ("auto", "auto"):
+        # the judge's score gap is the explicit margin there: a set one would be ignored
+        raise ConfigError(f"explicit={cfg.explicit!r} / reference_field={cfg.reference_field!r} "
+                          "do not apply with pairs_from=policy (m_ex is the judge's score gap)")
     mesh = mesh_of(cfg)
     run_dir = open_run("ap_compare", cfg)
     apx.share_compiles(run_dir)  # every selector's training compiles the same programs

@@ -246,6 +246,18 @@ def test_ap_compare_on_policy_pairs_are_the_judges_best_and_worst(tiny_dirs, run
     assert len(subsets["ap"]) == k and (out / "ap" / "heldout.json").is_file()
 
 
+def test_ap_compare_rejects_what_pairs_from_policy_would_ignore(tmp_path):
+    """Checked before anything loads: a bad pairs_from, or an explicit margin it would ignore."""
+    from _experiment_files import load_module
+
+    main = load_module(REPO / "experiments/ap_compare.py").main
+    with pytest.raises(ConfigError, match="expected data or policy"):
+        main(["pairs_from=polcy", f"out_dir={tmp_path / 'a'}"])
+    with pytest.raises(ConfigError, match="do not apply with pairs_from=policy"):
+        main(["pairs_from=policy", "explicit=dataset", f"out_dir={tmp_path / 'b'}"])
+    assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
+
+
 def test_ap_selfplay_two_tiny_rounds_then_resume_a_third(tiny_dirs, run_env, tmp_path):
     out = tmp_path / "sp"
     base = [REPO / "experiments/ap_selfplay.py", f"model={tiny_dirs / 'policy'}",
