@@ -18,7 +18,8 @@ run reuses it. `judge=sim:NAME` scores by similarity to the held-out pair's chos
 (no reward model: a cheaper, weaker judge). `pairs_from=policy` replaces the dataset's pairs by
 self-play's (experiments/ap_selfplay.py's step 1–2): `n` answers of the initial policy per pool
 prompt (T 0.8, top-p 0.95), scored by the judge, the best / worst as the pair, m_ex their score
-gap (saved in pool_samples.jsonl). Random selection is a distribution, not one subset:
+gap (saved in pool_samples.jsonl); `labeller=rm:PATH|sim:NAME` scores them instead of the judge
+(sim: against the pool pair's chosen answer). Random selection is a distribution, not one subset:
 `random_runs` (3) random subsets are trained, and each selector's row gives its paired difference
 from their mean reward on the same prompts (± s.e.) and how many of them it beats.
 Offline default: the bundled preference pairs' train split (174 pairs; explicit margin `auto` =
@@ -87,6 +88,10 @@ class Config(PreferenceExperiment):
     pairs_from: str = "data"
     # pairs_from=policy: answers per prompt, as ap_selfplay samples them (T 0.8, top-p 0.95)
     sampling: SamplingConfig = SamplingConfig(n=4, temperature=0.8, top_p=0.95, max_new_tokens=48)
+    # pairs_from=policy: who scores the pool's answers — judge (the held-out judge below) |
+    # rm:PATH | sim:NAME (similarity to the pool pair's chosen answer). A labeller apart from the
+    # judge keeps `explicit` from being selected by the very scores it is then judged by.
+    labeller: str = "judge"
     rm: str | None = None  # reward model dir; None = train one into <run>/reward_model
     judge: str = "rm"  # rm (the reward model above) | sim:NAME (similarity to the held-out chosen)
     rm_steps: int = 16  # its updates (experiments/reward_model.py's default)
@@ -125,6 +130,10 @@ def main(argv: list[str]) -> dict:
         # the judge's score gap is the explicit margin there: a set one would be ignored
         raise ConfigError(f"explicit={cfg.explicit!r} / reference_field={cfg.reference_field!r} "
                           "do not apply with pairs_from=policy (m_ex is the judge's score gap)")
+    if cfg.labeller != "judge" and (cfg.pairs_from != "policy"
+                                    or cfg.labeller.partition(":")[0] not in ("rm", "sim")):
+        raise ConfigError(f"labeller={cfg.labeller!r}: expected judge, rm:PATH or sim:NAME, and "
+                          "only with pairs_from=policy (it scores the policy's pool answers)")
     mesh = mesh_of(cfg)
     run_dir = open_run("ap_compare", cfg)
     apx.share_compiles(run_dir)  # every selector's training compiles the same programs
@@ -140,12 +149,15 @@ def main(argv: list[str]) -> dict:
     judge = apx.make_response_scorer(f"rm:{rm_path}" if rm_path else cfg.judge, mesh=mesh)
     key = jax.random.PRNGKey(cfg.train.seed)
     policy, tok = load_policy(cfg.model, dtype=cfg.dtype, mesh=mesh)
-    if cfg.pairs_from == "policy":  # the judge labels the initial policy's own answers
+    if cfg.pairs_from == "policy":  # the labeller scores the initial policy's own answers
+        own = cfg.labeller == "judge"
+        label = judge if own else apx.make_response_scorer(cfg.labeller, mesh=mesh)
         _, pairs, m_ex = apx.on_policy_pairs(policy, tok, apx.prompt_pool(pairs),
                                              jax.random.fold_in(key, 1),
-                                             cfg.sampling, judge, run_dir / "pool_samples.jsonl",
+                                             cfg.sampling, label, run_dir / "pool_samples.jsonl",
                                              mesh=mesh)
-        explicit = f"judge's score gap ({rm_path or cfg.judge})"
+        explicit = (f"judge's score gap ({rm_path or cfg.judge})" if own
+                    else f"labeller's score gap ({cfg.labeller})")
     else:
         explicit = ap_margins.resolve_explicit(cfg.explicit, records)
         m_ex = ap_margins.explicit_margins(explicit, pairs, records,

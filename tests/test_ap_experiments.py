@@ -219,29 +219,41 @@ def test_ap_compare_tiny_end_to_end_and_resume(tiny_dirs, run_env, tmp_path):
     assert json.loads((out / "results.json").read_text()) == rows
 
 
-def test_ap_compare_on_policy_pairs_are_the_judges_best_and_worst(tiny_dirs, run_env, tmp_path):
+@pytest.mark.parametrize("labeller", ["judge", "sim:rouge_l"])
+def test_ap_compare_on_policy_pairs_are_the_labellers_best_and_worst(labeller, tiny_dirs, run_env,
+                                                                     tmp_path):
     """pairs_from=policy: the pool is the initial policy's answers, labelled by the judge (the
-    reward model: its scores recomputed here), each prompt's best / worst answer as the pair."""
+    reward model: its scores recomputed here) or by a labeller apart from it (ROUGE-L against the
+    pool pair's chosen answer), each prompt's best / worst answer as the pair."""
     from align_jax.rewards.reward_model import load_reward_model
+    from align_jax.rewards.text_metrics import rouge_l
 
     out = tmp_path / "cmp_policy"
     start([REPO / "experiments/ap_compare.py", f"model={tiny_dirs / 'policy'}",
            f"data={tiny_dirs / 'pairs.jsonl'}", f"rm={tiny_dirs / 'rm'}", "selectors=ap,explicit",
            "random_runs=1", "pairs_from=policy", "n=3", "max_new_tokens=5", "top=0.5",
-           "eval_max_new_tokens=4", f"out_dir={out}", *TINY_TRAIN], run_env)
+           f"labeller={labeller}", "eval_max_new_tokens=4", f"out_dir={out}", *TINY_TRAIN],
+          run_env)
     samples = apx.read_jsonl(out / "pool_samples.jsonl")
     assert len(samples) == 18 and all(len(r["answers"]) == 3 for r in samples)
-    rm = load_reward_model(tiny_dirs / "rm", progress=False)
-    np.testing.assert_allclose([x for r in samples for x in r["scores"]],
-                               rm([r["prompt"] for r in samples for _ in range(3)],
-                                  [a for r in samples for a in r["answers"]]), atol=1e-5)
-    pairs, m_ex, _ = apx.best_worst_pairs([r["prompt"] for r in samples],
-                                          [a for r in samples for a in r["answers"]],
+    prompts = [r["prompt"] for r in samples for _ in range(3)]
+    answers = [a for r in samples for a in r["answers"]]
+    if labeller == "judge":
+        expected = load_reward_model(tiny_dirs / "rm", progress=False)(prompts, answers)
+    else:  # the reference is the chosen answer of the pool pair with that prompt
+        chosen = {}
+        for line in (tiny_dirs / "pairs.jsonl").read_text().splitlines():
+            row = json.loads(line)
+            chosen.setdefault(row["prompt"], row["chosen"])
+        expected = [rouge_l(a, chosen[p]) for p, a in zip(prompts, answers)]
+    np.testing.assert_allclose([x for r in samples for x in r["scores"]], expected, atol=1e-5)
+    pairs, m_ex, _ = apx.best_worst_pairs([r["prompt"] for r in samples], answers,
                                           [x for r in samples for x in r["scores"]], 3)
     subsets = json.loads((out / "subsets.json").read_text())
-    assert subsets["pool"] == len(pairs) > 0 and subsets["explicit_margin"].startswith("judge")
+    assert subsets["pool"] == len(pairs) > 0
+    assert subsets["explicit_margin"].startswith("judge" if labeller == "judge" else "labeller")
     k = selection.num_selected(len(pairs), 0.5)
-    # explicit = the k largest score gaps of the judge
+    # explicit = the k largest score gaps of the labeller
     assert sorted(subsets["explicit"]) == sorted(np.argsort(-m_ex, kind="stable")[:k].tolist())
     assert len(subsets["ap"]) == k and (out / "ap" / "heldout.json").is_file()
 
@@ -255,7 +267,10 @@ def test_ap_compare_rejects_what_pairs_from_policy_would_ignore(tmp_path):
         main(["pairs_from=polcy", f"out_dir={tmp_path / 'a'}"])
     with pytest.raises(ConfigError, match="do not apply with pairs_from=policy"):
         main(["pairs_from=policy", "explicit=dataset", f"out_dir={tmp_path / 'b'}"])
-    assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
+    for bad in (["labeller=sim:rouge_l"], ["pairs_from=policy", "labeller=rouge_l"]):
+        with pytest.raises(ConfigError, match="expected judge, rm:PATH or sim:NAME"):
+            main([*bad, f"out_dir={tmp_path / 'c'}"])
+    assert not any((tmp_path / d).exists() for d in "abc")
 
 
 def test_ap_selfplay_two_tiny_rounds_then_resume_a_third(tiny_dirs, run_env, tmp_path):

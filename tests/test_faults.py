@@ -229,6 +229,18 @@ def test_saturated_model_has_exactly_zero_gradient_and_the_guard_warns(capsys):
 
 
 # ----------------------------------------------------------------------------- run lock
+def test_default_run_dirs_started_in_one_second_are_distinct(tmp_path, monkeypatch):
+    """A sweep starting runs at once: the default name of the same second gets -2, -3 (it used to
+    be the first run's directory: the later run resumed it, or stopped at its lock)."""
+    from align_jax.train import report
+
+    monkeypatch.setattr(report.time, "strftime", lambda fmt: "20261204-120000")
+    dirs = [report.make_run_dir("dpo", root=str(tmp_path / "runs")) for _ in range(3)]
+    assert [d.name for d in dirs] == ["dpo-20261204-120000", "dpo-20261204-120000-2",
+                                      "dpo-20261204-120000-3"]
+    assert report.make_run_dir("dpo", out_dir=str(dirs[0])) == dirs[0]  # out_dir= resumes
+
+
 def test_run_lock_stale_takeover_other_host_and_release(tmp_path, capsys):
     d = tmp_path / "run"
     d.mkdir()

@@ -437,15 +437,16 @@ def pairs_to_references(pairs: list[PreferencePair]) -> list[PromptReference]:
 
 def ranked_to_pairs(items: list[RankedList]) -> list[PreferencePair]:
     """Best-scored vs worst-scored response of each list (ties broken by first occurrence).
-    A list whose scores are all equal has no preference and yields no pair (logged)."""
+    A list whose scores are all equal, or whose best and worst responses are the same text, has
+    no preference and yields no pair (logged)."""
     out = []
     for r in items:
         best = max(range(len(r.scores)), key=lambda i: r.scores[i])
         worst = min(range(len(r.scores)), key=lambda i: r.scores[i])
-        if r.scores[best] > r.scores[worst]:
+        if r.scores[best] > r.scores[worst] and r.responses[best] != r.responses[worst]:
             out.append(PreferencePair(r.prompt, r.responses[best], r.responses[worst],
                                       dict(r.meta)))
     if len(out) < len(items):
-        logger.warning("ranked_to_pairs: %d of %d lists have all-equal scores and give no pair",
-                       len(items) - len(out), len(items))
+        logger.warning("ranked_to_pairs: %d of %d lists have all-equal scores (or the same best "
+                       "and worst text) and give no pair", len(items) - len(out), len(items))
     return out

@@ -13,14 +13,28 @@ from align_jax.paths import resolve_dir
 
 
 def make_run_dir(experiment: str, out_dir: str | None = None, root: str = "runs") -> Path:
-    """`out_dir` when given (re-using it resumes), else runs/<experiment>-<timestamp>/; always
-    returned absolute (see `align_jax.paths`), so checkpoints and exports below it are too.
+    """`out_dir` when given (re-using it resumes), else a NEW runs/<experiment>-<timestamp>/
+    (`-2`, `-3`, … when a run of the same experiment took that second's name: a sweep that starts
+    several runs at once must not have the later ones resume, or stop at, the first one's lock);
+    always returned absolute (see `align_jax.paths`), so checkpoints and exports below it are too.
     The directory's run lock is taken here, before anything is written into it, and held until
     the process exits (a second run on it stops at once: `align_jax.train.runlock`)."""
     from align_jax.train import runlock
 
-    path = resolve_dir(out_dir if out_dir else Path(root) / f"{experiment}-{time.strftime('%Y%m%d-%H%M%S')}")
-    path.mkdir(parents=True, exist_ok=True)
+    if out_dir:
+        path = resolve_dir(out_dir)
+        path.mkdir(parents=True, exist_ok=True)
+    else:
+        base = resolve_dir(Path(root) / f"{experiment}-{time.strftime('%Y%m%d-%H%M%S')}")
+        base.parent.mkdir(parents=True, exist_ok=True)
+        path, k = base, 1
+        while True:
+            try:
+                path.mkdir()  # atomic: exactly one process creates each name
+                break
+            except FileExistsError:
+                k += 1
+                path = base.with_name(f"{base.name}-{k}")
     runlock.acquire(path)
     return path
 
