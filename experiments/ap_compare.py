@@ -132,7 +132,7 @@ def main(argv: list[str]) -> dict:
         raise ConfigError(f"explicit={cfg.explicit!r} / reference_field={cfg.reference_field!r} "
                           "do not apply with pairs_from=policy (m_ex is the judge's score gap)")
     if cfg.labeller != "judge" and (cfg.pairs_from != "policy"
-                                    or cfg.labeller.partition(":")[0] not in ("rm", "sim")):
+                                    or not apx.is_scorer_spec(cfg.labeller)):
         raise ConfigError(f"labeller={cfg.labeller!r}: expected judge, rm:PATH or sim:NAME, and "
                           "only with pairs_from=policy (it scores the policy's pool answers)")
     mesh = mesh_of(cfg)

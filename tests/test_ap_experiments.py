@@ -267,7 +267,8 @@ def test_ap_compare_rejects_what_pairs_from_policy_would_ignore(tmp_path):
         main(["pairs_from=polcy", f"out_dir={tmp_path / 'a'}"])
     with pytest.raises(ConfigError, match="do not apply with pairs_from=policy"):
         main(["pairs_from=policy", "explicit=dataset", f"out_dir={tmp_path / 'b'}"])
-    for bad in (["labeller=sim:rouge_l"], ["pairs_from=policy", "labeller=rouge_l"]):
+    for bad in (["labeller=sim:rouge_l"], ["pairs_from=policy", "labeller=rouge_l"],
+                ["pairs_from=policy", "labeller=sim:"]):
         with pytest.raises(ConfigError, match="expected judge, rm:PATH or sim:NAME"):
             main([*bad, f"out_dir={tmp_path / 'c'}"])
     assert not any((tmp_path / d).exists() for d in "abc")

@@ -221,24 +221,31 @@ def sample_answers(policy, tokenizer, prompts: Sequence[str], key, sampling, *, 
     return out
 
 
+def is_scorer_spec(spec: str) -> bool:
+    """``rm:PATH`` or ``sim:NAME`` with a non-empty PATH / NAME: what
+    :func:`make_response_scorer` builds (checked before anything loads)."""
+    kind, _, arg = spec.partition(":")
+    return kind in ("rm", "sim") and bool(arg)
+
+
 def make_response_scorer(spec: str, *, mesh=None) -> Callable[[list[str], list[str], list[str]],
                                                                 np.ndarray]:
     """``score(prompts, responses, references) -> [N]`` from ``rm:PATH`` (a reward model of the
     prompt and response) or ``sim:NAME`` (a registered similarity scorer of the response against
     its reference)."""
+    if not is_scorer_spec(spec):
+        raise ConfigError(f"scorer={spec!r}: expected rm:PATH or sim:NAME (a registered "
+                          "similarity scorer)")
     kind, _, arg = spec.partition(":")
-    if kind == "rm" and arg:
+    if kind == "rm":
         from align_jax.rewards.reward_model import load_reward_model
 
         rm = load_reward_model(arg, mesh=mesh, progress=False)
         return lambda prompts, responses, refs: np.asarray(rm(prompts, responses), np.float64)
-    if kind == "sim" and arg:
-        from align_jax.rewards.similarity import make_similarity
+    from align_jax.rewards.similarity import make_similarity
 
-        sim = make_similarity(arg)
-        return lambda prompts, responses, refs: np.asarray(sim(responses, refs), np.float64)
-    raise ConfigError(f"scorer={spec!r}: expected rm:PATH or sim:NAME (a registered similarity "
-                      "scorer)")
+    sim = make_similarity(arg)
+    return lambda prompts, responses, refs: np.asarray(sim(responses, refs), np.float64)
 
 
 # ----------------------------------------------------------------------------- self-play
