@@ -79,12 +79,13 @@ def main(argv: list[str]) -> dict:
     for name in cfg.objective.loss_names:
         loss_spec(name, "pair")
     mesh = mesh_of(cfg)
-    run_dir = open_run("ap_selfplay", cfg)
-    apx.share_compiles(run_dir)  # every round compiles the same programs
-    score = apx.make_response_scorer(cfg.scorer, mesh=mesh)
+    # data and scorer before the run dir: a missing file or a bad scorer= leaves no run behind
     pool = apx.prompt_pool(load_splits("preference", cfg.data, cfg.data_format)[0])
     held = [e for e in load_splits("preference", cfg.data, cfg.data_format, cfg.eval_data)[1]
             if isinstance(e, PreferencePair)][: cfg.eval_examples or None]  # held-out loss
+    score = apx.make_response_scorer(cfg.scorer, mesh=mesh)
+    run_dir = open_run("ap_selfplay", cfg)
+    apx.share_compiles(run_dir)  # every round compiles the same programs
     rows = []
     for k in range(cfg.rounds):
         rdir = run_dir / "rounds" / f"r{k}"

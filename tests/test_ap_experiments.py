@@ -72,6 +72,27 @@ def test_win_rate_and_table_on_a_hand_case():
         apx.win_rate([1.0], [1.0, 2.0])
 
 
+def test_unchanged_answers_keep_the_initial_reward_and_tie():
+    """The judge's float noise (its result for one text moves with the batch) must not decide a
+    win: an unchanged answer takes the initial reward, only changed answers are scored."""
+    calls = []
+
+    def noisy(prompts, answers, refs):
+        calls.append(list(answers))
+        return np.array([len(a) + 1e-6 * len(calls) for a in answers])
+
+    prompts, refs = ["p0", "p1", "p2"], ["r0", "r1", "r2"]
+    initial = {"answers": ["a", "bb", "ccc"],
+               "rewards": apx.score_vs_initial(noisy, prompts, ["a", "bb", "ccc"], refs).tolist()}
+    after = apx.score_vs_initial(noisy, prompts, ["a", "bbbb", "ccc"], refs, initial)
+    assert calls[-1] == ["bbbb"]  # only the changed answer went to the judge
+    assert after[0] == initial["rewards"][0] and after[2] == initial["rewards"][2]
+    assert after[1] == pytest.approx(4 + 2e-6)
+    assert apx.win_rate(after, initial["rewards"]) == pytest.approx((0.5 + 1 + 0.5) / 3)
+    same = apx.score_vs_initial(noisy, prompts, initial["answers"], refs, initial)
+    assert len(calls) == 2 and apx.win_rate(same, initial["rewards"]) == 0.5
+
+
 def test_comparison_with_random_runs_is_paired_hand_case():
     rew = {"ap": [1.0, 2.0, 3.0], "random": [0.0, 1.0, 0.0], "random_s1": [1.0, 1.0, 1.0],
            "random_s2": [2.0, 0.0, 0.0]}
@@ -259,7 +280,8 @@ def test_ap_compare_on_policy_pairs_are_the_labellers_best_and_worst(labeller, t
 
 
 def test_ap_compare_rejects_what_pairs_from_policy_would_ignore(tmp_path):
-    """Checked before anything loads: a bad pairs_from, or an explicit margin it would ignore."""
+    """Checked before anything loads: a bad pairs_from, an explicit margin it would ignore, a
+    missing file."""
     from _experiment_files import load_module
 
     main = load_module(REPO / "experiments/ap_compare.py").main
@@ -271,7 +293,27 @@ def test_ap_compare_rejects_what_pairs_from_policy_would_ignore(tmp_path):
                 ["pairs_from=policy", "labeller=sim:"]):
         with pytest.raises(ConfigError, match="expected judge, rm:PATH or sim:NAME"):
             main([*bad, f"out_dir={tmp_path / 'c'}"])
-    assert not any((tmp_path / d).exists() for d in "abc")
+    # files are read before the run dir is made: a missing one leaves no half-made run behind
+    from align_jax.errors import UserError
+
+    with pytest.raises(UserError, match="nope.jsonl"):
+        main([f"data={tmp_path / 'nope.jsonl'}", f"out_dir={tmp_path / 'd'}"])
+    with pytest.raises(ConfigError, match="eval_extra='nope.jsonl'"):
+        main(["eval_extra=nope.jsonl", f"out_dir={tmp_path / 'e'}"])
+    assert not any((tmp_path / d).exists() for d in "abcde")
+
+
+def test_ap_selfplay_bad_data_or_scorer_leaves_no_run_dir(tmp_path):
+    from _experiment_files import load_module
+
+    from align_jax.errors import UserError
+
+    main = load_module(REPO / "experiments/ap_selfplay.py").main
+    with pytest.raises(UserError, match="nope.jsonl"):
+        main([f"data={tmp_path / 'nope.jsonl'}", f"out_dir={tmp_path / 'a'}"])
+    with pytest.raises(ConfigError, match="scorer='rouge_l'"):
+        main(["scorer=rouge_l", f"out_dir={tmp_path / 'b'}"])
+    assert not any((tmp_path / d).exists() for d in "ab")
 
 
 def test_ap_selfplay_two_tiny_rounds_then_resume_a_third(tiny_dirs, run_env, tmp_path):
