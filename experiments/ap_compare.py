@@ -26,9 +26,9 @@ Offline default: the bundled preference pairs' train split (174 pairs; explicit 
 embedding cosine to the prompt, they ship no scores), top 0.2 → 35 pairs per selector, 8 SimPO
 updates of 4 pairs (≈ one epoch of a subset), β 10, γ/β 0.5, lr 2e-5; 116 held-out prompts (the
 28 eval-split pairs' and the 88 bundled confidence_qa held-out questions that no pool pair
-answers), 48 new tokens. 15.4 min on 2 cores (nothing else running): seven trainings (three of
+answers), 48 new tokens. 11.8 min on 2 cores (nothing else running): seven trainings (three of
 them random draws) and 116 prompts answered eight times, each time in one sampler call
-(docs/methods.md).
+(docs/methods.md). An answer training left unchanged keeps the initial reward (a tie).
 Paper scale (SimPO on Llama-3-8B-Instruct, UltraFeedback prompts with their GPT-4 scores):
     python experiments/ap_compare.py model=meta-llama/Meta-Llama-3-8B-Instruct \
       data=<ultrafeedback_binarized train_prefs> eval_data=<test_prefs> explicit=dataset \
