@@ -136,9 +136,10 @@ def score_vs_initial(score, prompts: Sequence[str], answers: Sequence[str], refs
     training left unchanged (52 of 116 for one random subset). Only the changed answers are
     scored."""
     out = np.zeros(len(answers), np.float64)
-    old = initial["answers"] if initial else [None] * len(answers)
-    same = np.array([a == b for a, b in zip(answers, old)], bool)
-    out[same] = np.asarray(initial["rewards"], np.float64)[same] if same.any() else 0.0
+    same = np.zeros(len(answers), bool)
+    if initial:
+        same[:] = [a == b for a, b in zip(answers, initial["answers"])]
+        out[same] = np.asarray(initial["rewards"], np.float64)[same]
     new = np.flatnonzero(~same).tolist()
     if new:
         out[new] = np.asarray(score([prompts[i] for i in new], [answers[i] for i in new],
