@@ -139,6 +139,10 @@ def main(argv: list[str]) -> dict:
                                     or not apx.is_scorer_spec(cfg.labeller)):
         raise ConfigError(f"labeller={cfg.labeller!r}: expected judge, rm:PATH or sim:NAME, and "
                           "only with pairs_from=policy (it scores the policy's pool answers)")
+    if cfg.labeller != "judge":  # a sim: name typo fails now, not after the RM trains
+        apx.check_scorer_spec(cfg.labeller, "labeller")
+    if cfg.judge != "rm":
+        apx.check_scorer_spec(cfg.judge, "judge")
     # 1. the pool and the held-out prompts — read before the run dir exists: a missing or bad
     # file fails with its one-line error and leaves no half-made run behind
     pairs, records, prompts, held = apx.pool_and_held_out(cfg.data, cfg.data_format, cfg.eval_data,

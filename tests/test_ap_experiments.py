@@ -300,7 +300,14 @@ def test_ap_compare_rejects_what_pairs_from_policy_would_ignore(tmp_path):
         main([f"data={tmp_path / 'nope.jsonl'}", f"out_dir={tmp_path / 'd'}"])
     with pytest.raises(ConfigError, match="eval_extra='nope.jsonl'"):
         main(["eval_extra=nope.jsonl", f"out_dir={tmp_path / 'e'}"])
-    assert not any((tmp_path / d).exists() for d in "abcde")
+    # a similarity name typo fails before the reward model trains (labeller) or anything loads
+    with pytest.raises(ConfigError, match="labeller='sim:bertscor': unknown similarity scorer"):
+        main(["pairs_from=policy", "labeller=sim:bertscor", f"out_dir={tmp_path / 'f'}"])
+    with pytest.raises(ConfigError, match="judge='sim:rougel': unknown similarity scorer"):
+        main(["judge=sim:rougel", f"out_dir={tmp_path / 'g'}"])
+    with pytest.raises(ConfigError, match="judge='rouge_l': expected rm:PATH or sim:NAME"):
+        main(["judge=rouge_l", f"out_dir={tmp_path / 'h'}"])
+    assert not any((tmp_path / d).exists() for d in "abcdefgh")
 
 
 def test_ap_selfplay_bad_data_or_scorer_leaves_no_run_dir(tmp_path):

@@ -248,6 +248,20 @@ def is_scorer_spec(spec: str) -> bool:
     return kind in ("rm", "sim") and bool(arg)
 
 
+def check_scorer_spec(spec: str, key: str) -> None:
+    """ConfigError unless :func:`make_response_scorer` can build ``spec``: ``rm:PATH``, or
+    ``sim:NAME`` with NAME a registered similarity scorer — so that a typo fails before a reward
+    model trains or a run dir is made."""
+    from align_jax.rewards.registry import list_scorers
+
+    if not is_scorer_spec(spec):
+        raise ConfigError(f"{key}={spec!r}: expected rm:PATH or sim:NAME")
+    kind, _, name = spec.partition(":")
+    if kind == "sim" and name not in list_scorers("similarity"):
+        raise ConfigError(f"{key}={spec!r}: unknown similarity scorer; registered: "
+                          f"{list_scorers('similarity')}")
+
+
 def make_response_scorer(spec: str, *, mesh=None) -> Callable[[list[str], list[str], list[str]],
                                                                 np.ndarray]:
     """``score(prompts, responses, references) -> [N]`` from ``rm:PATH`` (a reward model of the
