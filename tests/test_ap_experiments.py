@@ -1,12 +1,16 @@
 """Alignment potential, parts 2 and 3 (arXiv 2503.01864): ap_compare's subsets all have one size
 and its table's win rates / means are right on hand cases; self-play's best/worst pairing on a hand
 case; both experiments end to end on a tiny llama + word tokenizer exported as HF dirs (started as
-a user starts them, in a subprocess with one CPU device), and resumed: a finished selector /
-round is not redone, and the table is recomputable from the files the run wrote."""
+a user starts them: a subprocess with one CPU device, the default run directory), and resumed:
+a finished selector / round is not redone, and the table is recomputable from the files the run
+wrote."""
+import contextlib
 import json
 import re
+import shutil
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -199,6 +203,26 @@ def start(args, env):
     return res
 
 
+RUN_DIR_LINE = re.compile(r"^\[align_jax\] run directory: (.+)$", re.M)
+
+
+@contextlib.contextmanager
+def default_run_dir(args, env):
+    """``args`` started as a user starts them, with NO out_dir=: the run goes to the default
+    runs/<name>-<time> under the repo (tidy absolute tmp paths once hid a crash there). Yields
+    that directory; removed afterwards."""
+    res = subprocess.run([sys.executable, *map(str, args)], cwd=REPO, env=env, capture_output=True,
+                         text=True, timeout=1800)
+    found = RUN_DIR_LINE.findall(res.stdout)
+    try:
+        assert res.returncode == 0 and found, res.stdout[-3000:] + res.stderr[-6000:]
+        assert Path(found[0]).parent == REPO / "runs", found[0]
+        yield Path(found[0])
+    finally:
+        for run in found:
+            shutil.rmtree(run, ignore_errors=True)
+
+
 TINY_TRAIN = ["steps=2", "lr=0.01", "batch_size=2", "ref_batch_size=4", "eval_examples=2",
               "max_prompt_len=16", "max_completion_len=16", "pad_multiple=8"]
 
@@ -207,14 +231,23 @@ def after_of(out, selector):
     return json.loads((out / selector / "heldout.json").read_text())["rewards"]
 
 
-def test_ap_compare_tiny_end_to_end_and_resume(tiny_dirs, run_env, tmp_path):
-    out = tmp_path / "cmp"
+def test_ap_compare_tiny_end_to_end_and_resume(tiny_dirs, run_env):
     args = [REPO / "experiments/ap_compare.py", f"model={tiny_dirs / 'policy'}",
             f"data={tiny_dirs / 'pairs.jsonl'}", f"rm={tiny_dirs / 'rm'}", "selectors=ap,random",
             "random_runs=2",
             "top=0.25", "explicit=sim:rouge_l", "reference_field=prompt", "eval_max_new_tokens=4",
-            f"out_dir={out}", *TINY_TRAIN]
-    start(args, run_env)
+            *TINY_TRAIN]
+    with default_run_dir(args, run_env) as out:
+        check_ap_compare_run(out)
+        rows = json.loads((out / "results.json").read_text())
+        stamp = (out / "ap" / "heldout.json").stat().st_mtime_ns
+        res = start([*args, f"out_dir={out}"], run_env)  # resumed: nothing is trained again
+        assert "training on" not in res.stdout
+        assert (out / "ap" / "heldout.json").stat().st_mtime_ns == stamp
+        assert json.loads((out / "results.json").read_text()) == rows
+
+
+def check_ap_compare_run(out):
     subsets = json.loads((out / "subsets.json").read_text())
     assert subsets["pool"] == 18 and subsets["explicit_margin"] == "sim:rouge_l"
     assert (len(subsets["ap"]) == len(subsets["random"]) == len(subsets["random_s1"])
@@ -233,11 +266,6 @@ def test_ap_compare_tiny_end_to_end_and_resume(tiny_dirs, run_env, tmp_path):
     assert [r["selector"] for r in rows] == ["initial policy", "ap", "random", "random_s1"]
     rand = np.mean([after_of(out, s) for s in ("random", "random_s1")], axis=0)
     assert rows[1]["vs_random"] == pytest.approx(np.mean(np.asarray(after_of(out, "ap")) - rand))
-    stamp = (out / "ap" / "heldout.json").stat().st_mtime_ns
-    res = start(args, run_env)  # resumed: nothing is trained again
-    assert "training on" not in res.stdout
-    assert (out / "ap" / "heldout.json").stat().st_mtime_ns == stamp
-    assert json.loads((out / "results.json").read_text()) == rows
 
 
 @pytest.mark.parametrize("labeller", ["judge", "sim:rouge_l"])
@@ -323,40 +351,41 @@ def test_ap_selfplay_bad_data_or_scorer_leaves_no_run_dir(tmp_path):
     assert not any((tmp_path / d).exists() for d in "ab")
 
 
-def test_ap_selfplay_two_tiny_rounds_then_resume_a_third(tiny_dirs, run_env, tmp_path):
-    out = tmp_path / "sp"
+def test_ap_selfplay_two_tiny_rounds_then_resume_a_third(tiny_dirs, run_env):
     base = [REPO / "experiments/ap_selfplay.py", f"model={tiny_dirs / 'policy'}",
             f"data={tiny_dirs / 'pairs.jsonl'}", "scorer=sim:rouge_l", "prompts_per_round=6",
-            "n=3", "max_new_tokens=6", "evolve_top=2", "top=0.5", f"out_dir={out}", *TINY_TRAIN]
-    start([*base, "rounds=2"], run_env)
-    for k in (0, 1):
-        rdir = out / "rounds" / f"r{k}"
-        pairs = [json.loads(x) for x in (rdir / "pairs.jsonl").read_text().splitlines()]
-        sel = [json.loads(x) for x in (rdir / "selected.jsonl").read_text().splitlines()]
-        ap = selection.alignment_potential([p["margin_explicit"] for p in pairs],
-                                           [p["margin_implicit"] for p in pairs], 2.5)
-        np.testing.assert_allclose([p["alignment_potential"] for p in pairs], ap, atol=1e-9)
-        # the top half, or one full batch (2) when that is more
-        assert len(sel) == max(selection.num_selected(len(pairs), 0.5), min(len(pairs), 2))
-        assert [s["alignment_potential"] for s in sel] == sorted(ap, reverse=True)[:len(sel)]
-        samples = [json.loads(x) for x in (rdir / "samples.jsonl").read_text().splitlines()]
-        assert all(len(s["answers"]) == len(s["scores"]) == 3 for s in samples)
-        for p in pairs:  # chosen = the prompt's best-scored answer, rejected = its worst
-            s = next(s for s in samples if s["prompt"] == p["prompt"])
-            assert p["margin_explicit"] == pytest.approx(max(s["scores"]) - min(s["scores"]))
-        assert (rdir / "train" / "metrics.jsonl").is_file()
-        assert json.loads((rdir / "round.json").read_text())["round"] == k
-    evolved = [json.loads(x)["prompt"] for x in
-               (out / "rounds/r0/evolved.jsonl").read_text().splitlines()]
-    r1 = [json.loads(x)["prompt"] for x in (out / "rounds/r1/prompts.jsonl").read_text().splitlines()]
-    assert r1[:len(evolved)] == evolved and len(r1) == 6
-    assert not (out / "rounds/r0/policy").exists() and (out / "rounds/r1/policy").is_dir()
-    stamp = (out / "rounds/r1/round.json").stat().st_mtime_ns
-    start([*base, "rounds=3"], run_env)  # rounds 0 and 1 are kept, round 2 starts from r1's policy
-    assert (out / "rounds/r1/round.json").stat().st_mtime_ns == stamp
-    assert (out / "rounds/r2/round.json").is_file() and (out / "rounds/r2/policy").is_dir()
-    assert not (out / "rounds/r1/policy").exists()
-    assert "| 2 |" in (out / "rounds.md").read_text()
+            "n=3", "max_new_tokens=6", "evolve_top=2", "top=0.5", *TINY_TRAIN]
+    with default_run_dir([*base, "rounds=2"], run_env) as out:
+        for k in (0, 1):
+            rdir = out / "rounds" / f"r{k}"
+            pairs = [json.loads(x) for x in (rdir / "pairs.jsonl").read_text().splitlines()]
+            sel = [json.loads(x) for x in (rdir / "selected.jsonl").read_text().splitlines()]
+            ap = selection.alignment_potential([p["margin_explicit"] for p in pairs],
+                                               [p["margin_implicit"] for p in pairs], 2.5)
+            np.testing.assert_allclose([p["alignment_potential"] for p in pairs], ap, atol=1e-9)
+            # the top half, or one full batch (2) when that is more
+            assert len(sel) == max(selection.num_selected(len(pairs), 0.5), min(len(pairs), 2))
+            assert [s["alignment_potential"] for s in sel] == sorted(ap, reverse=True)[:len(sel)]
+            samples = [json.loads(x) for x in (rdir / "samples.jsonl").read_text().splitlines()]
+            assert all(len(s["answers"]) == len(s["scores"]) == 3 for s in samples)
+            for p in pairs:  # chosen = the prompt's best-scored answer, rejected = its worst
+                s = next(s for s in samples if s["prompt"] == p["prompt"])
+                assert p["margin_explicit"] == pytest.approx(max(s["scores"]) - min(s["scores"]))
+            assert (rdir / "train" / "metrics.jsonl").is_file()
+            assert json.loads((rdir / "round.json").read_text())["round"] == k
+        evolved = [json.loads(x)["prompt"] for x in
+                   (out / "rounds/r0/evolved.jsonl").read_text().splitlines()]
+        r1 = [json.loads(x)["prompt"]
+              for x in (out / "rounds/r1/prompts.jsonl").read_text().splitlines()]
+        assert r1[:len(evolved)] == evolved and len(r1) == 6
+        assert not (out / "rounds/r0/policy").exists() and (out / "rounds/r1/policy").is_dir()
+        stamp = (out / "rounds/r1/round.json").stat().st_mtime_ns
+        # resumed with a third round: rounds 0 and 1 are kept, round 2 starts from r1's policy
+        start([*base, "rounds=3", f"out_dir={out}"], run_env)
+        assert (out / "rounds/r1/round.json").stat().st_mtime_ns == stamp
+        assert (out / "rounds/r2/round.json").is_file() and (out / "rounds/r2/policy").is_dir()
+        assert not (out / "rounds/r1/policy").exists()
+        assert "| 2 |" in (out / "rounds.md").read_text()
 
 
 @pytest.mark.parametrize("name", ["ap_compare", "ap_selfplay"])
